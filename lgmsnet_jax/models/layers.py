@@ -1,0 +1,311 @@
+"""Dimension-generic building blocks (2D and 3D, channels-last) with PyTorch-reference numerics.
+
+Convolutions, the one `depthwise_conv`, linear layers and the norms (BatchNorm with PyTorch running-stat semantics,
+GroupNorm, InstanceNorm, LayerNorm). Every layer works for `ndim` 2 (NHWC) or 3 (NDHWC).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+EPS = 1e-5  # every norm of the reference (BN, GN, IN, LN) uses eps 1e-5 (spec §4.2, §4.3)
+DEPTHWISE_IMPLS = ("xla", "shift_add")
+
+
+def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
+    """PyTorch default init U(-b, b), b = 1/sqrt(fan_in), for conv/linear weights and biases (spec §4.7)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
+
+
+def _dimension_numbers(ndim: int) -> tuple[str, str, str]:
+    spatial = "DHW"[3 - ndim:]
+    return (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+
+
+def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, groups: int = 1) -> jax.Array:
+    """Stride-1 cross-correlation with zero padding k//2 per side (PyTorch `padding=k//2`).
+
+    Args:
+      x: (N, *spatial, C_in), spatial of rank 2 or 3.
+      kernel: (*k, C_in // groups, C_out), odd k.
+      bias: (C_out,) or None.
+      groups: feature_group_count; output-channel groups are contiguous as in PyTorch.
+
+    Returns:
+      (N, *spatial, C_out) in x.dtype.
+    """
+    ndim = x.ndim - 2
+    pads = [(k // 2, k // 2) for k in kernel.shape[:ndim]]
+    y = jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), window_strides=(1,) * ndim, padding=pads,
+        dimension_numbers=_dimension_numbers(ndim), feature_group_count=groups)
+    if bias is not None:
+        y = y + bias.astype(x.dtype)
+    return y
+
+
+def _depthwise_shift_add(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    ndim = x.ndim - 2
+    ks = kernel.shape[:ndim]
+    w = kernel.reshape(*ks, kernel.shape[-1]).astype(x.dtype)
+    xp = jnp.pad(x, [(0, 0)] + [(k // 2, k // 2) for k in ks] + [(0, 0)])
+    spatial = x.shape[1:-1]
+    out = None
+    for offset in np.ndindex(*ks):
+        window = xp[(slice(None),) + tuple(slice(o, o + s) for o, s in zip(offset, spatial)) + (slice(None),)]
+        term = window * w[offset]
+        out = term if out is None else out + term
+    return out
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, impl: str = "xla") -> jax.Array:
+    """Depthwise (groups = C) stride-1 conv with zero padding k//2, one filter per channel.
+
+    Two numerically equivalent implementations, chosen by measurement per device:
+    - "xla": `lax.conv_general_dilated(feature_group_count=C)`. Grouped-conv gradients are a known weak spot
+      of XLA (jax-ml/jax#13800: backward as slow as a dense conv on CUDA; google/flax#4207 = jax-ml/jax#23713:
+      depthwise much slower than PyTorch on CPU).
+    - "shift_add": the sum over the k^d taps of shifted, per-channel-scaled slices of the zero-padded input.
+      Purely elementwise, so XLA fuses it (forward and backward); compile time grows with k^d.
+    A 1x..x1 kernel is a per-channel scale and skips the conv whatever `impl` says.
+
+    Args:
+      x: (N, *spatial, C).
+      kernel: (*k, 1, C), odd k (Flax depthwise layout).
+      bias: (C,) or None.
+      impl: "xla" or "shift_add".
+
+    Returns:
+      (N, *spatial, C) in x.dtype.
+    """
+    ndim = x.ndim - 2
+    c = x.shape[-1]
+    if kernel.shape[ndim:] != (1, c):
+        raise ValueError(f"depthwise kernel {kernel.shape} does not fit input channels {c}: expected (*k, 1, {c})")
+    if any(k % 2 == 0 for k in kernel.shape[:ndim]):
+        raise ValueError(f"depthwise kernel sizes must be odd, got {kernel.shape[:ndim]}")
+    if all(k == 1 for k in kernel.shape[:ndim]):
+        y = x * kernel.reshape(c).astype(x.dtype)
+    elif impl == "xla":
+        y = conv(x, kernel, groups=c)
+    elif impl == "shift_add":
+        y = _depthwise_shift_add(x, kernel)
+    else:
+        raise ValueError(f"unknown depthwise impl {impl!r}; expected one of {DEPTHWISE_IMPLS}")
+    if bias is not None:
+        y = y + bias.astype(x.dtype)
+    return y
+
+
+class Conv(nnx.Module):
+    """Dense or grouped conv, stride 1, 'same' zero padding k//2 (PyTorch Conv2d/Conv3d)."""
+
+    def __init__(self, ndim: int, in_features: int, out_features: int, kernel_size: int, *,
+                 use_bias: bool, groups: int = 1, rngs: nnx.Rngs):
+        """Args: ndim 2|3; in/out channels; odd cubic kernel size; bias flag; groups (contiguous); rngs."""
+        if in_features % groups or out_features % groups:
+            raise ValueError(f"Conv {in_features}->{out_features}: channels not divisible by groups={groups}")
+        shape = (kernel_size,) * ndim + (in_features // groups, out_features)
+        fan_in = int(np.prod(shape[:-1]))
+        self.groups = groups
+        self.kernel = nnx.Param(_uniform(rngs, shape, fan_in))
+        self.bias = nnx.Param(_uniform(rngs, (out_features,), fan_in)) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(N, *spatial, C_in) -> (N, *spatial, C_out)."""
+        return conv(x, self.kernel[...], None if self.bias is None else self.bias[...], groups=self.groups)
+
+
+class DepthwiseConv(nnx.Module):
+    """Depthwise conv (groups = C) with a selectable implementation (see `depthwise_conv`)."""
+
+    def __init__(self, ndim: int, channels: int, kernel_size: int, *, use_bias: bool, impl: str = "xla",
+                 rngs: nnx.Rngs):
+        """Args: ndim 2|3; channels; odd kernel size; bias flag; impl of `depthwise_conv`; rngs."""
+        if impl not in DEPTHWISE_IMPLS:
+            raise ValueError(f"unknown depthwise impl {impl!r}; expected one of {DEPTHWISE_IMPLS}")
+        shape = (kernel_size,) * ndim + (1, channels)
+        fan_in = kernel_size ** ndim
+        self.impl = impl
+        self.kernel = nnx.Param(_uniform(rngs, shape, fan_in))
+        self.bias = nnx.Param(_uniform(rngs, (channels,), fan_in)) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(N, *spatial, C) -> (N, *spatial, C)."""
+        return depthwise_conv(x, self.kernel[...], None if self.bias is None else self.bias[...], impl=self.impl)
+
+
+class Linear(nnx.Module):
+    """Dense layer on the last axis, kernel (in, out) (PyTorch Linear weight transposed)."""
+
+    def __init__(self, in_features: int, out_features: int, *, use_bias: bool, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(_uniform(rngs, (in_features, out_features), in_features))
+        self.bias = nnx.Param(_uniform(rngs, (out_features,), in_features)) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(..., in) -> (..., out) in x.dtype."""
+        y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(x.dtype)
+        return y
+
+
+def _normalize(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Two-pass mean and biased variance in float32 (more accurate than E[x^2]-E[x]^2, spec §4.3)."""
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=axes, keepdims=True)
+    return xf, mean, var
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm with PyTorch semantics: momentum 0.1, biased variance to normalise, unbiased in the running update.
+
+    Flax's BatchNorm updates running_var with the biased batch variance; PyTorch multiplies it by n/(n-1)
+    (spec §4.2), which the reference fixtures' `train_running.*` record. `use_running_average` is the NNX
+    train/eval flag (`model.train()` sets False, `model.eval()` True).
+    """
+
+    def __init__(self, num_features: int, *, momentum: float = 0.1, use_running_average: bool = False,
+                 rngs: nnx.Rngs | None = None):
+        del rngs  # no random init: scale 1, bias 0, mean 0, var 1 as PyTorch
+        self.momentum = momentum
+        self.use_running_average = use_running_average
+        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+
+    def __call__(self, x: jax.Array, train: bool | None = None) -> jax.Array:
+        """Normalise (N, *spatial, C); `train` overrides the module flag for this call."""
+        use_batch = (not self.use_running_average) if train is None else train
+        axes = tuple(range(x.ndim - 1))
+        if use_batch:
+            xf, mean, var = _normalize(x, axes)
+            n = math.prod(x.shape[:-1])
+            unbiased = var.reshape(-1) * (n / max(n - 1, 1))
+            m = self.momentum
+            self.mean[...] = (1.0 - m) * self.mean[...] + m * mean.reshape(-1)
+            self.var[...] = (1.0 - m) * self.var[...] + m * unbiased
+        else:
+            xf = x.astype(jnp.float32)
+            mean, var = self.mean[...], self.var[...]
+        y = (xf - mean) * jax.lax.rsqrt(var + EPS) * self.scale[...] + self.bias[...]
+        return y.astype(x.dtype)
+
+
+class InstanceNorm(nnx.Module):
+    """PyTorch InstanceNorm defaults: per sample and channel over space, no affine, no running stats."""
+
+    def __init__(self, num_features: int, *, rngs: nnx.Rngs | None = None):
+        del num_features, rngs
+
+    def __call__(self, x: jax.Array, train: bool | None = None) -> jax.Array:
+        """(N, *spatial, C) -> same; identical in train and eval."""
+        del train
+        xf, mean, var = _normalize(x, tuple(range(1, x.ndim - 1)))
+        return ((xf - mean) * jax.lax.rsqrt(var + EPS)).astype(x.dtype)
+
+
+class GroupNorm(nnx.Module):
+    """GroupNorm over contiguous channel groups, affine, eps 1e-5 (PyTorch GroupNorm)."""
+
+    def __init__(self, num_groups: int, num_features: int, *, rngs: nnx.Rngs | None = None):
+        del rngs
+        if num_features % num_groups:
+            raise ValueError(f"GroupNorm: {num_features} channels not divisible by {num_groups} groups")
+        self.num_groups = num_groups
+        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(N, *spatial, C) -> same."""
+        c = x.shape[-1]
+        g = x.reshape(*x.shape[:-1], self.num_groups, c // self.num_groups)
+        axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
+        gf, mean, var = _normalize(g, axes)
+        y = ((gf - mean) * jax.lax.rsqrt(var + EPS)).reshape(x.shape)
+        return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis, affine, eps 1e-5."""
+
+    def __init__(self, num_features: int, *, rngs: nnx.Rngs | None = None):
+        del rngs
+        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(..., C) -> same."""
+        xf, mean, var = _normalize(x, (x.ndim - 1,))
+        return ((xf - mean) * jax.lax.rsqrt(var + EPS) * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU; jax.nn.gelu defaults to the tanh form, which fails parity (spec §4.4)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu, "silu": jax.nn.silu, "gelu": gelu, "none": lambda x: x}
+
+
+def make_norm(kind: str, num_features: int) -> nnx.Module:
+    """'batch' -> BatchNorm, 'instance' -> affine-free InstanceNorm (the 3D net's stand-in for BN)."""
+    if kind == "batch":
+        return BatchNorm(num_features)
+    if kind == "instance":
+        return InstanceNorm(num_features)
+    raise ValueError(f"unknown norm {kind!r}; expected 'batch' or 'instance'")
+
+
+class ConvNormAct(nnx.Module):
+    """Conv -> norm -> act, or conv -> act -> norm with `act_first` (the reference's fusion block order)."""
+
+    def __init__(self, ndim: int, in_features: int, out_features: int, kernel_size: int, *, use_bias: bool,
+                 norm: str, act: str, groups: int = 1, act_first: bool = False, rngs: nnx.Rngs):
+        """Args as `Conv`, plus norm 'batch'|'instance', act 'relu'|'silu'|'gelu', act_first flag."""
+        if act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {act!r}; expected one of {tuple(ACTIVATIONS)}")
+        self.conv = Conv(ndim, in_features, out_features, kernel_size, use_bias=use_bias, groups=groups, rngs=rngs)
+        self.norm = make_norm(norm, out_features)
+        self.act = act
+        self.act_first = act_first
+
+    def __call__(self, x: jax.Array, train: bool | None = None) -> jax.Array:
+        """(N, *spatial, C_in) -> (N, *spatial, C_out)."""
+        act = ACTIVATIONS[self.act]
+        y = self.conv(x)
+        if self.act_first:
+            return self.norm(act(y), train)
+        return act(self.norm(y, train))
+
+
+def upsample2x(x: jax.Array) -> jax.Array:
+    """Bi/trilinear x2 with half-pixel centres (PyTorch align_corners=False; matches to 2.4e-7, spec §4.6)."""
+    shape = (x.shape[0],) + tuple(2 * s for s in x.shape[1:-1]) + (x.shape[-1],)
+    return jax.image.resize(x, shape, method="linear")
+
+
+def max_pool2x(x: jax.Array) -> jax.Array:
+    """MaxPool kernel 2, stride 2, VALID over every spatial axis."""
+    ndim = x.ndim - 2
+    window = (1,) + (2,) * ndim + (1,)
+    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, window, window, "VALID")
+
+
+def split_channels(x: jax.Array, sizes: Sequence[int]) -> list[jax.Array]:
+    """Contiguous channel chunks of the given sizes (last axis)."""
+    out, start = [], 0
+    for s in sizes:
+        out.append(x[..., start:start + s])
+        start += s
+    return out
