@@ -1,0 +1,218 @@
+"""Grain pipelines: infinite, seeded, augmented training batches and padded one-pass evaluation batches.
+
+Every random choice is a function of (seed, shard, position in the stream), so batches are identical with any
+worker count and a restored iterator continues exactly where the saved one stopped.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from data_pipelines import transforms
+
+log = logging.getLogger(__name__)
+
+AUGMENTATIONS = tuple(transforms.RECIPES)
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+    """ceil(num_examples / global_batch_size), like len() of the reference's DataLoader (last batch kept)."""
+    if global_batch_size <= 0:
+        raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+    return math.ceil(num_examples / global_batch_size)
+
+
+def _shard_seed(seed: int, shard_index: int) -> int:
+    # Distinct streams per process: the same seed everywhere would give every shard's k-th record the same draw.
+    return int(np.random.SeedSequence([int(seed), int(shard_index)]).generate_state(1)[0])
+
+
+def _mark_flags_parsed() -> None:
+    # google/grain#1360: mp_prefetch reads Grain's absl flags, which fail before parsing outside absl.app.run.
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+class TrainMap(grain.transforms.RandomMap):
+    """Per-record training transform: resize (if needed), augment, normalise.
+
+    Output: {"image": float32 (H, W, 3), "mask": float32 (H, W, 1) in {0, 1}}.
+    """
+
+    def __init__(self, augment: str, normalize: str, image_size: Sequence[int]):
+        if augment not in transforms.RECIPES:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+        if normalize not in transforms.NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {transforms.NORMALIZATIONS}, got {normalize!r}")
+        self.augment, self.normalize, self.image_size = augment, normalize, tuple(image_size)
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        image, mask = transforms.resize_example(element["image"], element["mask"], self.image_size)
+        fn = transforms.RECIPES[self.augment]
+        if fn is not None:
+            image, mask = fn(image, mask, rng)
+        return {"image": transforms.normalize(np.ascontiguousarray(image), self.normalize),
+                "mask": np.asarray(mask, np.float32)[..., None]}
+
+
+class CheckedIterDataset(grain.IterDataset):
+    """Wraps a pipeline so its iterator's state records the pipeline settings and refuses a mismatched restore."""
+
+    def __init__(self, parent: grain.IterDataset, settings: dict[str, Any]):
+        super().__init__(parent)
+        self._settings = settings
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self._settings)
+
+    def __iter__(self) -> "CheckedIterator":
+        return CheckedIterator(self._parent.__iter__(), self._settings)
+
+    def __str__(self) -> str:
+        return f"CheckedIterDataset({self._settings})"
+
+
+class CheckedIterator(grain.DatasetIterator):
+    """Iterator whose `get_state()` is {"pipeline": settings, "iterator": Grain state} (JSON-able).
+
+    `set_state` raises ValueError naming every setting that differs (worker_count, shard_count, seed, ...):
+    Grain's state is only meaningful for the pipeline that produced it.
+    """
+
+    def __init__(self, parent: grain.DatasetIterator, settings: dict[str, Any]):
+        super().__init__(parent)
+        self._settings = settings
+
+    def __next__(self):
+        return next(self._parent)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"pipeline": dict(self._settings), "iterator": self._parent.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        saved = state.get("pipeline") if isinstance(state, dict) else None
+        if saved is None or "iterator" not in state:
+            raise ValueError("iterator state has no 'pipeline' settings; it was not saved by "
+                             "data_pipelines.train_dataset and cannot be restored here")
+        diff = {k: (saved.get(k), v) for k, v in self._settings.items() if saved.get(k) != v}
+        if diff:
+            lines = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"cannot restore the data iterator: pipeline settings differ ({lines}). Restart with the "
+                             f"saved settings (worker and process counts included) to resume exactly.")
+        self._parent.set_state(state["iterator"])
+
+    def close(self) -> None:
+        self._parent.close()
+
+
+def train_dataset(src, *, seed: int, batch_size: int, image_size: Sequence[int] = (256, 256),
+                  augment: str = "busi", normalize: str = "imagenet", shard_index: int = 0, shard_count: int = 1,
+                  worker_count: int = 0, prefetch: int = 4, read_threads: int | None = None,
+                  worker_buffer_size: int = 2) -> CheckedIterDataset:
+    """Infinite training stream of augmented, normalised batches.
+
+    Order: shard (records shard_index::shard_count) -> seeded shuffle, reshuffled every epoch -> repeat ->
+    per-record augmentation (rng from seed, shard and stream position, i.e. epoch and index) -> batch
+    (drop_remainder) on the MapDataset -> prefetch (threads, or `worker_count` processes).
+
+    Args:
+      src: random-access source (`load_source`); records {"image" uint8 (H, W, 3), "mask" uint8 (H, W)}.
+      seed: pipeline seed.
+      batch_size: per-process batch size.
+      image_size: (h, w) of the batches (records of another size are resized, slowly: cache at this size).
+      augment: "busi" (BUSI/ISIC/TNSCUI recipe), "kvasir" or "none".
+      normalize: "imagenet", "reference_bgr" (exact reference input, BGR) or "unit".
+      shard_index, shard_count: this process and the number of processes (pass jax.process_index()/count()).
+      worker_count: Grain worker processes (0 = in-process).
+      prefetch: batches buffered ahead (in-process).
+      read_threads: threads per process mapping records (default 4 in-process, 1 per worker process).
+      worker_buffer_size: batches buffered per worker process.
+
+    Returns:
+      An IterDataset; iter() gives a checkpointable iterator of {"image": float32 (B, H, W, 3),
+      "mask": float32 (B, H, W, 1)}.
+    """
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} must be in [0, {shard_count})")
+    n = len(src)
+    ds = grain.MapDataset.source(src)
+    if shard_count > 1:
+        ds = ds[shard_index::shard_count]
+    if len(ds) < batch_size:
+        raise ValueError(f"shard {shard_index}/{shard_count} has {len(ds)} records, fewer than batch_size {batch_size}")
+    ds = (ds.seed(_shard_seed(seed, shard_index)).shuffle().repeat(None)
+          .random_map(TrainMap(augment, normalize, image_size))
+          .batch(batch_size, drop_remainder=True))
+    threads = read_threads if read_threads is not None else (1 if worker_count else 4)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
+    if worker_count > 0:
+        _mark_flags_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
+                                                         per_worker_buffer_size=worker_buffer_size))
+    settings = {"seed": int(seed), "batch_size": int(batch_size), "image_size": [int(s) for s in image_size],
+                "augment": augment, "normalize": normalize, "num_records": int(n), "shard_index": int(shard_index),
+                "shard_count": int(shard_count), "worker_count": int(worker_count)}
+    return CheckedIterDataset(it, settings)
+
+
+class _PaddedShard:
+    """Shard `shard_index` of src, padded to `length` with zero records (valid=0, index=-1)."""
+
+    def __init__(self, src, shard_index: int, shard_count: int, length: int):
+        self.src, self.shard_index, self.shard_count, self.length = src, shard_index, shard_count, length
+        self.real = len(range(shard_index, len(src), shard_count))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, j: int) -> dict:
+        if j < self.real:
+            i = self.shard_index + j * self.shard_count
+            ex = self.src[i]
+            return {"image": ex["image"], "mask": ex["mask"], "valid": np.float32(1), "index": np.int32(i)}
+        ex = self.src[0]
+        return {"image": np.zeros_like(ex["image"]), "mask": np.zeros_like(ex["mask"]), "valid": np.float32(0),
+                "index": np.int32(-1)}
+
+
+class EvalMap(grain.transforms.Map):
+    """Resize (if needed) and normalise; carries "valid" and "index"."""
+
+    def __init__(self, normalize: str, image_size: Sequence[int]):
+        self.normalize, self.image_size = normalize, tuple(image_size)
+
+    def map(self, element: dict) -> dict:
+        image, mask = transforms.resize_example(element["image"], element["mask"], self.image_size)
+        return {"image": transforms.normalize(np.ascontiguousarray(image), self.normalize),
+                "mask": np.asarray(mask, np.float32)[..., None], "valid": element["valid"], "index": element["index"]}
+
+
+def eval_batch_count(num_examples: int, batch_size: int, shard_count: int = 1) -> int:
+    """Batches per process in `eval_dataset` (equal on every process so multi-host evaluation stays in step)."""
+    return math.ceil(math.ceil(num_examples / shard_count) / batch_size)
+
+
+def eval_dataset(src, *, batch_size: int, image_size: Sequence[int] = (256, 256), normalize: str = "imagenet",
+                 shard_index: int = 0, shard_count: int = 1, read_threads: int = 4, prefetch: int = 4):
+    """One pass over src in order, in fixed-shape batches; the last one padded.
+
+    Process `shard_index` gets records shard_index::shard_count; every process yields `eval_batch_count(...)`
+    batches.
+
+    Returns:
+      An iterable of {"image": float32 (B, H, W, 3), "mask": float32 (B, H, W, 1), "valid": float32 (B,)
+      (1 real, 0 padding), "index": int32 (B,) (record index in src, -1 for padding)}.
+    """
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} must be in [0, {shard_count})")
+    length = eval_batch_count(len(src), batch_size, shard_count) * batch_size
+    ds = (grain.MapDataset.source(_PaddedShard(src, shard_index, shard_count, length))
+          .map(EvalMap(normalize, image_size)).batch(batch_size, drop_remainder=True))
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))

@@ -1,0 +1,286 @@
+"""Numpy/PIL augmentations reproducing the reference recipes, plus normalisation.
+
+Each augmentation takes (image uint8 (H, W, 3), mask uint8 (H, W), rng: np.random.Generator) and returns the
+same types, so it runs inside a Grain `random_map` whose rng is derived from (seed, position in the stream).
+Warps run in PIL's C code (numpy gather-based bilinear remaps cost ~12 ms per 256x256 image here, PIL ~2 ms).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+NORMALIZATIONS = ("imagenet", "reference_bgr", "unit")
+_GREY = np.array([0.299, 0.587, 0.114], np.float32)  # cv2 RGB2GRAY weights, as albumentations uses
+
+
+def normalize(image: np.ndarray, mode: str = "imagenet") -> np.ndarray:
+    """uint8 RGB (..., H, W, 3) -> float32 network input.
+
+    Args:
+      image: uint8 RGB, any leading dims.
+      mode: "imagenet": (v/255 - mean)/std per RGB channel (Kvasir recipe, our default).
+        "reference_bgr": the BUSI/ISIC/TNSCUI reference exactly: channels in **BGR** order (cv2.imread), ImageNet
+        mean/std applied in that storage order (blue gets 0.485/0.229), then divided by 255 a second time.
+        "unit": v/255.
+
+    Returns:
+      float32 (..., H, W, 3).
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
+    if mode == "reference_bgr":
+        image = image[..., ::-1]
+    # One multiply-add per element with per-channel constants tiled along W*3: broadcasting against a
+    # trailing axis of 3 runs numpy's inner loop 3 elements at a time and is ~10x slower.
+    scale, offset = _norm_rows(mode, image.shape[-2])
+    x = image.reshape(*image.shape[:-2], image.shape[-2] * 3).astype(np.float32)
+    x *= scale
+    x += offset
+    return x.reshape(image.shape)
+
+
+@functools.lru_cache(maxsize=16)
+def _norm_rows(mode: str, width: int) -> tuple[np.ndarray, np.ndarray]:
+    if mode == "unit":
+        a, b = np.full(3, 1 / 255.0), np.zeros(3)
+    else:
+        a, b = 1.0 / (255.0 * IMAGENET_STD.astype(np.float64)), -IMAGENET_MEAN / IMAGENET_STD.astype(np.float64)
+        if mode == "reference_bgr":
+            # ref: main.py MedicalDataSets: albumentations Normalize() on a BGR array, then `/ 255` again.
+            a, b = a / 255.0, b / 255.0
+    return np.tile(a, width).astype(np.float32), np.tile(b, width).astype(np.float32)
+
+
+def denormalize(x: np.ndarray, mode: str = "imagenet") -> np.ndarray:
+    """Inverse of `normalize`: float32 (..., H, W, 3) -> uint8 RGB (for prediction grids)."""
+    x = np.asarray(x, np.float32)
+    if mode == "imagenet":
+        v = x * IMAGENET_STD + IMAGENET_MEAN
+    elif mode == "reference_bgr":
+        v = (x * np.float32(255.0) * IMAGENET_STD + IMAGENET_MEAN)[..., ::-1]
+    elif mode == "unit":
+        v = x
+    else:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
+    return np.clip(np.round(v * np.float32(255.0)), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- BUSI / ISIC18 / TNSCUI recipe (main.py)
+
+def augment_busi(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """RandomRotate90(p=0.5, k in {0..3}) then Flip(p=0.5, vertical | horizontal | both), jointly.
+
+    Returns views (no copy); they commute with the reference's later Resize, so running them on the cached,
+    already-resized arrays is equivalent.
+    """
+    if rng.random() < 0.5:
+        k = int(rng.integers(4))
+        image, mask = np.rot90(image, k, (0, 1)), np.rot90(mask, k, (0, 1))
+    if rng.random() < 0.5:
+        d = int(rng.integers(-1, 2))  # cv2.flip code: 0 vertical, 1 horizontal, -1 both
+        if d in (0, -1):
+            image, mask = image[::-1], mask[::-1]
+        if d in (1, -1):
+            image, mask = image[:, ::-1], mask[:, ::-1]
+    return image, mask
+
+
+# ---------------------------------------------------------------- Kvasir recipe (main_kvasir.py)
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, brightness=(0.6, 1.6), contrast=(0.8, 1.2),
+                 saturation=(0.9, 1.1), hue=(-0.01, 0.01)) -> np.ndarray:
+    """albumentations ColorJitter on uint8 RGB: the four adjustments in random order, rounding to uint8 after each.
+
+    Hue is rotated in YIQ space (a 3x3 matrix) instead of an HSV round trip; for the recipe's |hue| <= 0.01
+    (3.6 degrees) the two agree to within about one grey level.
+    """
+    x = image.astype(np.float32)
+    b, c = rng.uniform(*brightness), rng.uniform(*contrast)
+    s, h = rng.uniform(*saturation), rng.uniform(*hue)
+    for op in rng.permutation(4):
+        if op == 0:
+            x *= np.float32(b)
+            _clip_to_uint8_range(x, np.floor)  # uint8 LUT truncates
+        elif op == 1:
+            mean = np.float32((x @ _GREY).mean())
+            x *= np.float32(c)
+            x += mean * np.float32(1 - c)
+            _clip_to_uint8_range(x, np.floor)
+        elif op == 2:
+            # s * rgb + (1 - s) * grey(rgb), as one 3x3 matrix (cv2.addWeighted with the grey image).
+            x = x @ (np.float32(s) * np.eye(3, dtype=np.float32) + np.float32(1 - s) * np.outer(_GREY, np.ones(3, np.float32)))
+            _clip_to_uint8_range(x, np.rint)
+        else:
+            x = x @ _hue_matrix(h)
+            _clip_to_uint8_range(x, np.rint)
+    return x.astype(np.uint8)
+
+
+def _clip_to_uint8_range(x: np.ndarray, rounding) -> None:
+    np.clip(x, 0.0, 255.0, out=x)
+    rounding(x, out=x)
+
+
+def _hue_matrix(h: float) -> np.ndarray:
+    """(3, 3) float32 M with rgb @ M = rgb rotated by 2*pi*h around the YIQ grey axis."""
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float64)
+    t = 2 * np.pi * h
+    rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
+    return (np.linalg.inv(to_yiq) @ rot @ to_yiq).T.astype(np.float32)
+
+
+def _invert(m: np.ndarray) -> np.ndarray:
+    """Inverse of a (2, 3) affine map."""
+    full = np.vstack([m, [0.0, 0.0, 1.0]])
+    return np.linalg.inv(full)[:2]
+
+
+def affine_matrix(rng: np.random.Generator, h: int, w: int, scale=(0.5, 1.5), translate=0.125,
+                  rotate=90.0) -> np.ndarray:
+    """Forward (2, 3) map (PIL pixel coordinates) of albumentations Affine(scale, translate_percent, rotate).
+
+    Scale is drawn independently for x and y (keep_ratio=False), translation per axis as a fraction of the
+    size, rotation about the image centre.
+    """
+    sx, sy = rng.uniform(*scale, size=2)
+    tx, ty = rng.uniform(-translate, translate, size=2) * (w, h)
+    r = np.deg2rad(rng.uniform(-rotate, rotate))
+    lin = np.array([[sx * np.cos(r), -sy * np.sin(r)], [sx * np.sin(r), sy * np.cos(r)]])
+    c = np.array([w / 2.0, h / 2.0])
+    return np.hstack([lin, (c - lin @ c + (tx, ty))[:, None]])
+
+
+def elastic_affine_matrix(rng: np.random.Generator, h: int, w: int, alpha_affine: float = 50.0) -> np.ndarray:
+    """Forward (2, 3) map (PIL coordinates) of ElasticTransform's random affine: three points jittered by
+    U(-alpha_affine, alpha_affine) px (albumentations 1.x `elastic_transform`)."""
+    c = np.array([h // 2, w // 2], np.float64)  # sic: albumentations builds (h, w) and uses it as (x, y)
+    s = min(h, w) // 3
+    p1 = np.array([c + s, [c[0] + s, c[1] - s], c - s])
+    p2 = p1 + rng.uniform(-alpha_affine, alpha_affine, size=p1.shape)
+    # Solve p2 = A p1 + b (cv2.getAffineTransform), in cv2 pixel-centre coordinates, then shift by 0.5 to PIL's.
+    a = np.hstack([p1, np.ones((3, 1))])
+    m = np.linalg.solve(a, p2).T
+    m[:, 2] += 0.5 - m[:, :2] @ np.array([0.5, 0.5])
+    return m
+
+
+def displacement_field(rng: np.random.Generator, gy: np.ndarray, gx: np.ndarray, h: int, w: int,
+                       alpha: float = 1.0, sigma: float = 50.0, step: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """ElasticTransform's smooth displacement (alpha * gaussian_filter(U(-1,1), sigma)) at points (gy, gx).
+
+    Drawn on a grid `step` times coarser (noise scaled by `step` so the smoothed field keeps the full-resolution
+    variance) and read off with bilinear interpolation: the field is smooth at scale sigma, so this is what
+    albumentations' `approximate` mode trades for speed, at a fraction of the cost.
+    """
+    ch, cw = h // step + 2, w // step + 2
+    out = []
+    for _ in range(2):
+        noise = rng.uniform(-1.0, 1.0, (ch, cw)) * step
+        field = ndimage.gaussian_filter(noise, sigma / step, mode="reflect") * alpha
+        out.append(ndimage.map_coordinates(field, [gy / step, gx / step], order=1, mode="nearest"))
+    return out[0], out[1]
+
+
+def _warp_rgba(rgba: np.ndarray, inverse: np.ndarray, out_hw: tuple[int, int], *, reflect: bool,
+               disp: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None, cell: int = 32
+               ) -> np.ndarray:
+    """Warps an (H, W, 4) uint8 array by the inverse affine `inverse` (output -> source), bilinear.
+
+    reflect=False fills outside with 0 (cv2.BORDER_CONSTANT); reflect=True reflects (BORDER_REFLECT_101) by
+    padding the source as far as the mapped output corners reach. `disp` = (gy, gx, dy, dx) adds a displacement
+    field known at the corners of `cell`-px output cells (PIL MESH: bilinear between corners).
+    """
+    h, w = out_hw
+    sh, sw = rgba.shape[:2]
+    ys = np.arange(0, h + 1, cell, dtype=np.float64)
+    xs = np.arange(0, w + 1, cell, dtype=np.float64)
+    if ys[-1] != h:
+        ys = np.append(ys, h)
+    if xs[-1] != w:
+        xs = np.append(xs, w)
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    py, px = gy, gx
+    if disp is not None:
+        py, px = gy + disp[2], gx + disp[3]
+    sx = inverse[0, 0] * px + inverse[0, 1] * py + inverse[0, 2]
+    sy = inverse[1, 0] * px + inverse[1, 1] * py + inverse[1, 2]
+    pad = 0
+    if reflect:
+        over = max(0.0, -sx.min(), -sy.min(), sx.max() - sw, sy.max() - sh)
+        pad = int(min(np.ceil(over) + 2, 2 * max(sh, sw))) if over > 0 else 0
+        if pad:
+            rgba = np.pad(rgba, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    src = Image.fromarray(np.ascontiguousarray(rgba), "RGBA")
+    if disp is None:
+        m = inverse.copy()
+        m[:, 2] += pad
+        out = src.transform((w, h), Image.Transform.AFFINE, tuple(m.ravel()), Image.Resampling.BILINEAR)
+    else:
+        sx, sy = sx + pad, sy + pad
+        mesh = []
+        for i in range(len(ys) - 1):
+            for j in range(len(xs) - 1):
+                box = (int(xs[j]), int(ys[i]), int(xs[j + 1]), int(ys[i + 1]))
+                quad = (sx[i, j], sy[i, j], sx[i + 1, j], sy[i + 1, j],            # NW, SW
+                        sx[i + 1, j + 1], sy[i + 1, j + 1], sx[i, j + 1], sy[i, j + 1])  # SE, NE
+                mesh.append((box, tuple(float(v) for v in quad)))
+        out = src.transform((w, h), Image.Transform.MESH, mesh, Image.Resampling.BILINEAR)
+    return np.asarray(out)
+
+
+def augment_kvasir(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, elastic_alpha: float = 1.0,
+                   elastic_sigma: float = 50.0, elastic_alpha_affine: float = 50.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """main_kvasir.py train transforms after Resize: HorizontalFlip(0.5), VerticalFlip(0.5), ColorJitter(0.5,
+    (0.6, 1.6), 0.2, 0.1, 0.01), Affine(0.5, scale (0.5, 1.5), translate 12.5%, rotate +-90, constant 0 border),
+    ElasticTransform(0.5, albumentations 1.x defaults alpha=1, sigma=50, alpha_affine=50, reflect-101 border).
+
+    Deviations (speed, documented in README): warps are bilinear, not Lanczos4; the mask is warped with the image
+    as a fourth channel and re-thresholded at 0.5 instead of nearest-neighbour sampling; the elastic displacement is
+    drawn on a coarse grid (see `displacement_field`).
+
+    Returns:
+      image uint8 (H, W, 3), mask uint8 (H, W) in {0, 1}.
+    """
+    h, w = mask.shape
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if rng.random() < 0.5:
+        image, mask = image[::-1], mask[::-1]
+    if rng.random() < 0.5:
+        image = color_jitter(image, rng)
+    do_affine, do_elastic = rng.random() < 0.5, rng.random() < 0.5
+    if not (do_affine or do_elastic):
+        return image, mask
+    rgba = np.empty((h, w, 4), np.uint8)
+    rgba[..., :3] = image
+    rgba[..., 3] = mask * np.uint8(255)
+    if do_affine:
+        rgba = _warp_rgba(rgba, _invert(affine_matrix(rng, h, w)), (h, w), reflect=False)
+    if do_elastic:
+        inv = _invert(elastic_affine_matrix(rng, h, w, elastic_alpha_affine))
+        cell = 32
+        ys = np.append(np.arange(0, h, cell), h).astype(np.float64)
+        xs = np.append(np.arange(0, w, cell), w).astype(np.float64)
+        gy, gx = np.meshgrid(np.unique(ys), np.unique(xs), indexing="ij")
+        dy, dx = displacement_field(rng, gy, gx, h, w, elastic_alpha, elastic_sigma)
+        rgba = _warp_rgba(rgba, inv, (h, w), reflect=True, disp=(gy, gx, dy, dx), cell=cell)
+    return rgba[..., :3], (rgba[..., 3] > 127).astype(np.uint8)
+
+
+RECIPES = {"busi": augment_busi, "kvasir": augment_kvasir, "none": None}
+
+
+def resize_example(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear image / nearest mask resize to (h, w) (only when the cache size differs from the training size)."""
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image, mask
+    img = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.Resampling.BILINEAR))
+    mk = np.asarray(Image.fromarray(np.ascontiguousarray(mask)).resize((w, h), Image.Resampling.NEAREST))
+    return img, mk
