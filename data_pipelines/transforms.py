@@ -215,7 +215,9 @@ def _warp_rgba(rgba: np.ndarray, inverse: np.ndarray, out_hw: tuple[int, int], *
         pad = int(min(np.ceil(over) + 2, 2 * max(sh, sw))) if over > 0 else 0
         if pad:
             rgba = np.pad(rgba, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    src = Image.fromarray(np.ascontiguousarray(rgba), "RGBA")
+    # CMYK: four plain 8-bit channels; PIL premultiplies RGBA by alpha when resampling, which would black out
+    # every pixel outside the mask.
+    src = Image.fromarray(np.ascontiguousarray(rgba), "CMYK")
     if disp is None:
         m = inverse.copy()
         m[:, 2] += pad
