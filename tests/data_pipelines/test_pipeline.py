@@ -1,0 +1,164 @@
+"""Grain pipelines: determinism, epoch coverage, sharding, resume, worker-count independence, eval padding."""
+import gc
+
+import numpy as np
+import pytest
+
+import data_pipelines as dp
+
+
+class IndexSource:
+    """Record i is an image filled with value i and an all-ones mask (identifies records in batches)."""
+
+    def __init__(self, n, size=(8, 8)):
+        self.n, self.size = n, size
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"image": np.full((*self.size, 3), i, np.uint8), "mask": np.ones(self.size, np.uint8), "id": str(i)}
+
+
+def _ids(batch):
+    return np.rint(batch["image"][:, 0, 0, 0] * 255).astype(int).tolist()
+
+
+def _take(ds, k):
+    it = iter(ds)
+    out = [next(it) for _ in range(k)]
+    it.close()
+    return out
+
+
+def _train(src, **kw):
+    args = dict(seed=0, batch_size=4, image_size=(8, 8), augment="none", normalize="unit")
+    args.update(kw)
+    return dp.train_dataset(src, **args)
+
+
+def test_each_epoch_visits_every_record_once_in_a_new_order():
+    batches = _take(_train(IndexSource(12)), 6)
+    epoch1 = sum((_ids(b) for b in batches[:3]), [])
+    epoch2 = sum((_ids(b) for b in batches[3:]), [])
+    assert sorted(epoch1) == list(range(12)) and sorted(epoch2) == list(range(12))
+    assert epoch1 != epoch2
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+    src = dp.SyntheticSource(16, (32, 32), seed=1)
+    a = _take(_train(src, seed=3, augment="kvasir", image_size=(32, 32)), 3)
+    b = _take(_train(src, seed=3, augment="kvasir", image_size=(32, 32)), 3)
+    c = _take(_train(src, seed=4, augment="kvasir", image_size=(32, 32)), 3)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["mask"], y["mask"])
+    assert not np.array_equal(a[0]["image"], c[0]["image"])
+
+
+def test_batches_have_interface_shapes_and_binary_masks():
+    src = dp.SyntheticSource(8, (32, 32), seed=0)
+    (b,) = _take(_train(src, augment="kvasir", image_size=(32, 32), normalize="imagenet"), 1)
+    assert b["image"].shape == (4, 32, 32, 3) and b["image"].dtype == np.float32
+    assert b["mask"].shape == (4, 32, 32, 1) and b["mask"].dtype == np.float32
+    assert set(np.unique(b["mask"])) <= {0.0, 1.0}
+
+
+def test_records_of_another_size_are_resized():
+    (b,) = _take(_train(dp.SyntheticSource(8, (20, 24), seed=0), image_size=(16, 16)), 1)
+    assert b["image"].shape == (4, 16, 16, 3) and b["mask"].shape == (4, 16, 16, 1)
+
+
+def test_resume_from_saved_state_gives_the_next_batch():
+    ds = _train(dp.SyntheticSource(10, (16, 16), seed=0), augment="busi", image_size=(16, 16))
+    full = _take(ds, 6)
+    it = iter(ds)
+    for _ in range(4):
+        next(it)
+    state = it.get_state()
+    it.close()
+    resumed = iter(ds)
+    resumed.set_state(state)
+    for want in full[4:]:
+        np.testing.assert_array_equal(next(resumed)["image"], want["image"])
+
+
+def test_restore_with_other_settings_is_refused():
+    src = IndexSource(12)
+    it = iter(_train(src))
+    next(it)
+    state = it.get_state()
+    other = iter(_train(src, worker_count=0, shard_count=2, shard_index=0))
+    with pytest.raises(ValueError, match=r"shard_count: saved 1, now 2"):
+        other.set_state(state)
+    with pytest.raises(ValueError, match="worker_count: saved 2, now 0"):
+        it.set_state({**state, "pipeline": {**state["pipeline"], "worker_count": 2}})
+    with pytest.raises(ValueError, match="no 'pipeline' settings"):
+        it.set_state(state["iterator"])
+
+
+def test_shards_are_disjoint_and_cover_the_source():
+    seen = []
+    for k in range(3):
+        (b,) = _take(_train(IndexSource(12), shard_index=k, shard_count=3), 1)
+        seen += _ids(b)
+    assert sorted(seen) == list(range(12))
+
+
+def test_zero_and_two_workers_give_identical_batches_and_resume():
+    src = dp.SyntheticSource(20, (32, 32), seed=2)
+    kw = dict(seed=5, batch_size=4, image_size=(32, 32), augment="kvasir")
+    base = _take(dp.train_dataset(src, worker_count=0, **kw), 8)
+    ds2 = dp.train_dataset(src, worker_count=2, **kw)
+    it = iter(ds2)
+    got = [next(it) for _ in range(5)]
+    state = it.get_state()
+    assert state["pipeline"]["worker_count"] == 2
+    it.close()
+    resumed = iter(ds2)
+    resumed.set_state(state)
+    got += [next(resumed) for _ in range(3)]
+    resumed.close()
+    del it, resumed
+    gc.collect()
+    for i, (x, y) in enumerate(zip(base, got)):
+        np.testing.assert_array_equal(x["image"], y["image"], err_msg=f"batch {i}")
+        np.testing.assert_array_equal(x["mask"], y["mask"], err_msg=f"batch {i}")
+
+
+def test_orbax_saves_and_restores_the_iterator(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    import grain
+
+    ds = _train(IndexSource(12))
+    it = iter(ds)
+    next(it)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mngr:
+        mngr.save(1, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointSave(it)))
+        mngr.wait_until_finished()
+        want = _ids(next(it))
+        it2 = iter(ds)
+        mngr.restore(1, args=ocp.args.Composite(data_iter=grain.checkpoint.CheckpointRestore(it2)))
+    assert _ids(next(it2)) == want
+
+
+def test_eval_pads_last_batch_and_marks_it():
+    batches = list(dp.eval_dataset(IndexSource(10), batch_size=4, image_size=(8, 8), normalize="unit"))
+    assert len(batches) == dp.eval_batch_count(10, 4) == 3
+    assert batches[2]["valid"].tolist() == [1, 1, 0, 0]
+    assert batches[2]["index"].tolist() == [8, 9, -1, -1]
+    assert sum((_ids(b)[: int(b["valid"].sum())] for b in batches), []) == list(range(10))
+    assert batches[2]["image"][2:].max() == 0 and batches[2]["mask"][2:].max() == 0
+
+
+def test_eval_shards_have_equal_batch_counts_and_cover_the_source():
+    shards = [list(dp.eval_dataset(IndexSource(10), batch_size=2, image_size=(8, 8), normalize="unit",
+                                   shard_index=k, shard_count=3)) for k in range(3)]
+    assert [len(s) for s in shards] == [2, 2, 2]
+    idx = [i for s in shards for b in s for i, v in zip(b["index"].tolist(), b["valid"]) if v]
+    assert sorted(idx) == list(range(10))
+
+
+@pytest.mark.parametrize("n,b,want", [(452, 16, 29), (448, 16, 28), (1, 8, 1)])
+def test_steps_per_epoch_is_ceil(n, b, want):
+    assert dp.steps_per_epoch(n, b) == want
