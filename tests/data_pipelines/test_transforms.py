@@ -1,0 +1,96 @@
+"""Augmentations and normalisation: hand-computed values and invariants."""
+import numpy as np
+import pytest
+
+from data_pipelines import transforms as T
+
+
+def test_imagenet_normalize_matches_hand_computed_values():
+    px = np.array([[[255, 0, 128]]], np.uint8)
+    want = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
+    np.testing.assert_allclose(T.normalize(px, "imagenet")[0, 0], want, rtol=1e-6)
+
+
+def test_reference_bgr_normalize_swaps_channels_and_divides_twice():
+    px = np.array([[[255, 0, 128]]], np.uint8)  # RGB; the reference reads BGR = (128, 0, 255)
+    want = [(128 / 255 - 0.485) / 0.229 / 255, (0 - 0.456) / 0.224 / 255, (1 - 0.406) / 0.225 / 255]
+    np.testing.assert_allclose(T.normalize(px, "reference_bgr")[0, 0], want, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("mode", T.NORMALIZATIONS)
+def test_denormalize_inverts_normalize(mode):
+    img = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(T.denormalize(T.normalize(img, mode), mode), img)
+
+
+def _dihedral(a):
+    return [np.rot90(f, k) for f in (a, a[::-1]) for k in range(4)]
+
+
+def test_busi_augment_is_a_joint_dihedral_transform_with_reference_probabilities():
+    img = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    mask = img[..., 0].copy()
+    rng = np.random.default_rng(0)
+    unchanged, n = 0, 4000
+    for _ in range(n):
+        a, m = T.augment_busi(img, mask, rng)
+        assert any(np.array_equal(a, d) for d in _dihedral(img))
+        np.testing.assert_array_equal(a[..., 0], m)  # the mask follows the image
+        unchanged += np.array_equal(a, img)
+    # identity: (no rotation or k=0) and no flip = (0.5 + 0.5/4) * 0.5 = 0.3125 (flip d never gives identity)
+    assert abs(unchanged / n - 0.3125) < 0.03
+
+
+def test_kvasir_augment_keeps_mask_binary_and_aligned_with_image():
+    h = w = 64
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = ((yy - 30) ** 2 + (xx - 25) ** 2 < 15 ** 2).astype(np.uint8)
+    img = np.stack([mask * 255, np.full((h, w), 90), xx * 4], -1).astype(np.uint8)
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        a, m = T.augment_kvasir(img, mask, rng)
+        assert a.shape == img.shape and a.dtype == np.uint8 and m.shape == mask.shape
+        assert set(np.unique(m)) <= {0, 1}
+        # Red encodes the mask; colour jitter moves it by at most ~x1.9, bilinear edges by one pixel.
+        agree = ((a[..., 0] > 100) == (m == 1)).mean()
+        assert agree > 0.97
+
+
+def test_kvasir_augment_is_a_function_of_the_rng():
+    img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    mask = (img[..., 0] > 128).astype(np.uint8)
+    for s in range(5):
+        a = T.augment_kvasir(img, mask, np.random.default_rng(s))
+        b = T.augment_kvasir(img, mask, np.random.default_rng(s))
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_brightness_only_jitter_truncates_like_a_uint8_lut():
+    img = np.array([[[10, 100, 200]]], np.uint8)
+    out = T.color_jitter(img, np.random.default_rng(3), brightness=(1.5, 1.5), contrast=(1, 1), saturation=(1, 1), hue=(0, 0))
+    np.testing.assert_array_equal(out[0, 0], [15, 150, 255])
+
+
+def test_hue_rotation_keeps_grey_and_zero_is_identity():
+    np.testing.assert_allclose(T._hue_matrix(0.0), np.eye(3), atol=1e-6)
+    grey = np.full((1, 3), 77.0, np.float32)
+    np.testing.assert_allclose(grey @ T._hue_matrix(0.3), grey, atol=1e-3)
+
+
+def test_affine_with_identity_parameters_leaves_image_unchanged():
+    img = np.random.default_rng(0).integers(0, 256, (16, 20, 4), dtype=np.uint8)
+    m = T.affine_matrix(np.random.default_rng(0), 16, 20, scale=(1, 1), translate=0.0, rotate=0.0)
+    np.testing.assert_allclose(m, [[1, 0, 0], [0, 1, 0]], atol=1e-12)
+    np.testing.assert_array_equal(T._warp_rgba(img, T._invert(m), (16, 20), reflect=False), img)
+
+
+def test_elastic_warp_reflects_at_the_border():
+    # A pure shift by +5 px in x (inverse map x -> x - 5) with reflect-101 border: column j < 5 reads 5 - j.
+    img = np.tile(np.arange(20, dtype=np.uint8)[None, :, None], (8, 1, 4)) * 10
+    inv = np.array([[1.0, 0, -5.0], [0, 1.0, 0]])
+    zero = np.zeros((2, 2))
+    g = np.array([[0.0, 20.0], [0.0, 20.0]]), np.array([[0.0, 0.0], [8.0, 8.0]])
+    out = T._warp_rgba(img, inv, (8, 20), reflect=True, disp=(g[1], g[0], zero, zero), cell=32)
+    np.testing.assert_array_equal(out[0, :, 0], [50, 40, 30, 20, 10, 0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100,
+                                                 110, 120, 130, 140])
