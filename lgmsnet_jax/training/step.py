@@ -106,7 +106,7 @@ def eval_step(graphdef: nnx.GraphDef, state: TrainState, batch: dict[str, jax.Ar
 
 def jit_steps(graphdef: nnx.GraphDef, *, task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule,
               grad_accum_steps: int = 1, state_sharding: Any = None, batch_sharding: Any = None,
-              replicated: Any = None):
+              replicated: Any = None, compiler_options: dict | None = None):
     """jax.jit-compiled (train_step(state, batch), eval_step(state, batch)) with the state donated.
 
     Args:
@@ -115,6 +115,7 @@ def jit_steps(graphdef: nnx.GraphDef, *, task: Task, tx: optax.GradientTransform
       state_sharding: sharding pytree (or one sharding) for the state; None lets jit decide.
       batch_sharding: sharding of batch leaves.
       replicated: sharding for scalar outputs.
+      compiler_options: XLA options for both steps (e.g. a lower CPU optimisation level for quick demos).
 
     Returns:
       (train_fn, eval_fn).
@@ -122,10 +123,11 @@ def jit_steps(graphdef: nnx.GraphDef, *, task: Task, tx: optax.GradientTransform
     train = functools.partial(train_step, graphdef, task=task, tx=tx, schedule=schedule,
                               grad_accum_steps=grad_accum_steps)
     evaluate = functools.partial(eval_step, graphdef, task=task)
+    opts = {"compiler_options": compiler_options} if compiler_options else {}
     if state_sharding is None:
-        return jax.jit(train, donate_argnums=0), jax.jit(evaluate)
+        return jax.jit(train, donate_argnums=0, **opts), jax.jit(evaluate, **opts)
     train_fn = jax.jit(train, donate_argnums=0, in_shardings=(state_sharding, batch_sharding),
-                       out_shardings=(state_sharding, replicated))
+                       out_shardings=(state_sharding, replicated), **opts)
     eval_fn = jax.jit(evaluate, in_shardings=(state_sharding, batch_sharding),
-                      out_shardings=(replicated, batch_sharding))
+                      out_shardings=(replicated, batch_sharding), **opts)
     return train_fn, eval_fn

@@ -1,0 +1,91 @@
+"""Fields every config shares, with the reference's 2D recipe as defaults (spec §5.1), and config-argument parsing.
+
+Override any field from the command line: `--config.epochs=10 --config.batch_size=8 --config.data_dir=/data/x`.
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+# LGMSNet constructor defaults (the published 2D model: 2,321,393 parameters); see lgmsnet_jax/models/lgmsnet.py.
+LGMSNET_DEFAULTS = dict(
+    dims=(16, 32, 64, 128, 128), kernels=(3, 5, 7, 9), gms_splits=((96, 32), (96, 32), (96, 32), (48, 16)),
+    mlp_dims=(256, 256, 256, 128), num_heads=4, head_dim=8, patch_size=2, dtype="float32", remat=False,
+    depthwise_impl="xla", attention_impl="xla")
+
+# A narrow LGMSNet (same topology, 8-16 channels, 3x3 depthwise) that compiles in seconds on CPU.
+LGMSNET_NARROW = LGMSNET_DEFAULTS | dict(
+    dims=(8, 8, 16, 16, 16), kernels=(3,), gms_splits=((8, 8),) * 4, mlp_dims=(16,) * 4, num_heads=2, head_dim=4)
+
+
+def parse_arg(arg: str | None) -> dict[str, str | bool]:
+    """"split=2,smoke" -> {"split": "2", "smoke": True} (the part after ':' in --config configs/x.py:ARG)."""
+    out: dict[str, str | bool] = {}
+    for part in (arg or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        out[key.strip()] = value.strip() if sep else True
+    return out
+
+
+def check_args(args: dict, allowed: tuple[str, ...], config_file: str) -> None:
+    """Rejects unknown config arguments, naming the allowed ones."""
+    unknown = sorted(set(args) - set(allowed))
+    if unknown:
+        raise ValueError(f"{config_file}: unknown config argument(s) {unknown}; allowed: {list(allowed)}")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every common field, set to the reference's BUSI/ISIC18/TNSCUI recipe (SGD 0.02, poly 0.9, batch 16, 500 ep)."""
+    c = ml_collections.ConfigDict()
+    # Data.
+    c.dataset = "synthetic"  # data_pipelines.load_source name
+    c.data_dir = config_dict.placeholder(str)
+    c.cache_dir = config_dict.placeholder(str)  # decoded-data cache (default $LGMSNET_CACHE or ~/.cache/lgmsnet_jax)
+    c.data_help = ""  # expected layout and download link, shown when data_dir is missing
+    c.fold = config_dict.placeholder(int)  # reference split 1..3 (BUSI, ISIC18, TNSCUI)
+    c.splits = ml_collections.ConfigDict({"train": "train", "val": "val", "test": config_dict.placeholder(str)})
+    c.source_kwargs = ml_collections.ConfigDict()  # extra load_source arguments (split_scheme, val_fraction, ...)
+    c.max_train_examples = 0  # 0 = all; >0 keeps the first N (smoke runs)
+    c.max_eval_examples = 0
+    c.image_size = (256, 256)
+    c.augment = "busi"
+    c.normalize = "imagenet"
+    c.num_workers = 0  # Grain worker processes (0 = threads in this process)
+    # Model and task.
+    c.task = "binary_seg_2d"
+    c.model_name = "lgmsnet"
+    c.ndim = 2
+    c.in_channels = 3
+    c.num_classes = 1
+    c.model = ml_collections.ConfigDict(dict(LGMSNET_DEFAULTS))
+    # Optimisation (spec §5.1).
+    c.optim = ml_collections.ConfigDict(dict(name="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4, schedule="poly",
+                                             power=0.9, warmup_epochs=50))
+    c.epochs = 500
+    c.batch_size = 16  # global, over all devices and processes
+    c.eval_batch_size = 0  # 0 = batch_size
+    c.grad_accum_steps = 1
+    c.seed = 41
+    # Evaluation, logging, checkpoints.
+    c.eval_every = 1  # epochs
+    c.log_every = 10  # steps
+    c.checkpoint_every_steps = 0  # extra resume points between evaluations (0 = only at evaluations)
+    c.num_pictures = 8
+    c.fast_compile = False  # lower XLA CPU optimisation: much faster compiles, for demos and tests
+    return c
+
+
+def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """big_vision's `runlocal`: a seconds-long run of the same pipeline (narrow model, 64x64, few examples)."""
+    c.model = ml_collections.ConfigDict(dict(LGMSNET_NARROW))
+    c.image_size = (64, 64)
+    c.epochs = 1
+    c.batch_size = 4
+    c.max_train_examples = 8
+    c.max_eval_examples = 4
+    c.log_every = 1
+    c.fast_compile = True
+    return c

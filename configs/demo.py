@@ -1,0 +1,39 @@
+r"""Demo: the whole loop on tiny synthetic data (generated on the fly) with a narrow LGMSNet, on any CPU.
+
+Command:
+  python train.py --config configs/demo.py --workdir runs/demo
+
+What you should see: the loss falls from about 1.2 to below 0.8 over 6 epochs; validation IoU rises; the workdir
+gets config.json, checkpoints/ (latest + best), metrics.jsonl, tb/ (TensorBoard), predictions/*.png and
+summary.json. Runtime: under a minute on a 2-core CPU (most of it is the first compile; a rerun with the
+compile cache is faster). Rerunning the command finds the finished run and only prints the report.
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Demo config; `arg="smoke"` makes it even shorter (tests)."""
+    args = common.parse_arg(arg)
+    common.check_args(args, ("smoke",), "configs/demo.py")
+    c = common.base_config()
+    c.dataset = "synthetic"
+    c.splits.test = "test"
+    c.source_kwargs = ml_collections.ConfigDict({"num_examples": 48})
+    c.image_size = (32, 32)
+    c.augment = "busi"
+    c.model = ml_collections.ConfigDict(dict(common.LGMSNET_NARROW))
+    c.optim.lr = 0.05
+    c.epochs = 6
+    c.batch_size = 8
+    c.eval_every = 2
+    c.log_every = 2
+    c.seed = 0
+    c.fast_compile = True
+    if args.get("smoke"):
+        c.source_kwargs.num_examples = 16
+        c.epochs = 2
+        c.eval_every = 1
+        c.log_every = 1
+    return c

@@ -1,0 +1,189 @@
+"""Workdir guards (lock, config check) and Orbax checkpoints: latest + best, with data-iterator state and config.
+
+Layout: <workdir>/config.json (resolved config), <workdir>/.lock (pid + host while a run is active),
+<workdir>/checkpoints/<step>/{state, data_iter, config, meta, metrics}.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import pathlib
+import socket
+import time
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
+CKPT_DIR = "checkpoints"
+# Keys that may change between invocations of one run: where the data lives is not part of the experiment.
+RESUME_MUTABLE_KEYS = ("data_dir", "cache_dir")
+# "select" metric of an evaluated checkpoint that did not improve (validation scores are >= 0).
+NOT_BEST = -1.0
+
+
+class WorkdirError(RuntimeError):
+    """The workdir is in use or belongs to another configuration."""
+
+
+def config_json(config_dict: dict) -> dict:
+    """A config dict as it reads back from JSON (tuples become lists), for saving and comparing."""
+    return json.loads(json.dumps(config_dict, sort_keys=True, default=str))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WorkdirLock:
+    """Exclusive lock file `<workdir>/.lock` holding {"pid", "host", "since"}.
+
+    A lock from a dead process on this host is taken over with a warning; a live one (or one from another host,
+    whose pid cannot be checked) raises WorkdirError naming it.
+    """
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.path = pathlib.Path(workdir) / LOCK_FILE
+        self.held = False
+
+    def acquire(self) -> "WorkdirLock":
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    other = json.loads(self.path.read_text() or "{}")
+                except (OSError, json.JSONDecodeError):
+                    other = {}
+                pid, host = int(other.get("pid", -1)), other.get("host")
+                if host == me["host"] and pid > 0 and not _pid_alive(pid):
+                    logging.warning("Taking over stale lock %s of dead process %d (since %s)", self.path, pid,
+                                    other.get("since"))
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise WorkdirError(
+                    f"{self.path.parent} is in use by another run (pid {pid} on host {host}, since "
+                    f"{other.get('since')}). Wait for it to finish or use another --workdir; if that process is "
+                    f"gone (e.g. on another host), delete {self.path}.")
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise WorkdirError(f"could not acquire {self.path}")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def config_diff(saved: dict, new: dict, ignore: tuple[str, ...] = RESUME_MUTABLE_KEYS) -> str:
+    """Unified diff of two config dicts (JSON, sorted keys), ignoring top-level `ignore` keys; "" if equal."""
+    a = json.dumps({k: v for k, v in saved.items() if k not in ignore}, indent=1, sort_keys=True).splitlines()
+    b = json.dumps({k: v for k, v in new.items() if k not in ignore}, indent=1, sort_keys=True).splitlines()
+    if a == b:
+        return ""
+    return "\n".join(difflib.unified_diff(a, b, "saved config.json", "this run", lineterm="", n=1))
+
+
+def check_and_write_config(workdir: str | os.PathLike, config_dict: dict, *, force: bool = False) -> None:
+    """Refuses a workdir whose saved config differs from this run's (unless `force`), then writes this one.
+
+    Raises:
+      WorkdirError: with the diff and how to override.
+    """
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    new = config_json(config_dict)
+    if path.exists():
+        diff = config_diff(json.loads(path.read_text()), new)
+        if diff and not force:
+            raise WorkdirError(
+                f"{path.parent} holds a run with a different config; resuming it with this config would mix two "
+                f"experiments. Use another --workdir, or pass --force_config to continue anyway.\n{diff}")
+        if diff:
+            logging.warning("Continuing %s with a changed config (--force_config):\n%s", path.parent, diff)
+    path.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+
+
+def make_manager(workdir: str | os.PathLike, select_metric: str = "select", create: bool = True
+                 ) -> ocp.CheckpointManager:
+    """CheckpointManager keeping the latest checkpoint and the best one by `metrics[select_metric]` (max).
+
+    The loop stores metrics {"select": score} where score is the validation metric when it strictly improves on
+    the best so far and NOT_BEST (-1) otherwise, so ties keep the earlier checkpoint as the reference does.
+    """
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(n=1),
+        ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[select_metric], reverse=False, n=1,
+                                      keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, best_fn=lambda m: m[select_metric],
+                                           best_mode="max", create=create)
+    return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / CKPT_DIR, options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, data_iter: Any | None, config_dict: dict,
+         meta: dict, metrics: dict | None = None) -> None:
+    """Saves (asynchronously) state, Grain iterator state, config and run metadata at `step` (all processes)."""
+    items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config_json(config_dict)),
+             "meta": ocp.args.JsonSave(meta)}
+    if data_iter is not None:
+        items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+    mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, *, data_iter: Any | None = None):
+    """Restores (state, meta, config) at `step`; the iterator (if given) is restored in place.
+
+    Args:
+      mngr: the manager.
+      step: checkpoint step.
+      abstract_state: pytree of jax.ShapeDtypeStruct (with shardings) shaped like the saved state.
+      data_iter: a fresh iterator of the same pipeline, or None to skip the data state.
+
+    Returns:
+      (state, meta dict, config dict).
+    """
+    items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore(),
+             "config": ocp.args.JsonRestore()}
+    if data_iter is not None:
+        items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    r = mngr.restore(step, args=ocp.args.Composite(**items))
+    return r["state"], dict(r["meta"]), dict(r["config"])
+
+
+def best_step(mngr: ocp.CheckpointManager) -> int | None:
+    """Step of the best evaluated checkpoint, or None before the first evaluation."""
+    step = mngr.best_step()
+    if step is None:
+        return None
+    m = mngr.metrics(step) if hasattr(mngr, "metrics") else None
+    return step if m and m.get("select", NOT_BEST) > NOT_BEST else None
+
+
+def restore_config(mngr: ocp.CheckpointManager, step: int) -> dict:
+    """The config JSON stored with checkpoint `step`."""
+    return dict(mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+
+
+def abstract_like(tree: Any, sharding: Any = None) -> Any:
+    """ShapeDtypeStructs of `tree`'s leaves (optionally with one sharding for all) for StandardRestore."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

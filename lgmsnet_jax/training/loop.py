@@ -1,0 +1,313 @@
+"""The training loop: mesh -> data -> model -> steps -> resume -> train/evaluate/checkpoint -> final report.
+
+One flat function in big_vision's order. Nothing here reads flags or sets jax.config (train.py does).
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lgmsnet_jax.training import builders, checkpoint, metrics as metrics_lib, step as step_lib, tasks, writers
+
+SUMMARY_FILE = "summary.json"
+TRAIN_KEYS = ("image", "mask")
+EVAL_KEYS = ("image", "mask", "valid")
+FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient became NaN/inf; the run stopped without saving the bad state."""
+
+
+def _process_allgather(x: jax.Array) -> np.ndarray:
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _global_batch(batch: dict, keys: tuple[str, ...], sharding: NamedSharding) -> dict[str, jax.Array]:
+    # Each process passes its own rows; the global array spans all processes' devices.
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k])) for k in keys}
+
+
+def _agree(ok: bool) -> bool:
+    """True on every process iff process 0 says so (process 0 owns the workdir guards)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+
+
+def make_mesh(devices=None) -> Mesh:
+    """1-D data-parallel mesh over `devices` (default: every device of every process), Auto axis type."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.array(devices), ("data",))
+
+
+def check_batch(global_batch: int, mesh: Mesh, grad_accum_steps: int, what: str = "config.batch_size") -> None:
+    """Clear errors for batch sizes that cannot be split over devices, processes and micro-batches."""
+    n_dev, n_proc = mesh.devices.size, jax.process_count()
+    if global_batch % n_dev:
+        raise ValueError(f"{what}={global_batch} (global) must be divisible by the {n_dev} devices of the mesh; "
+                         f"use a multiple of {n_dev}")
+    if global_batch % n_proc:
+        raise ValueError(f"{what}={global_batch} must be divisible by the {n_proc} processes")
+    if (global_batch // n_dev) % grad_accum_steps:
+        raise ValueError(f"per-device batch {global_batch // n_dev} must be divisible by "
+                         f"config.grad_accum_steps={grad_accum_steps}")
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path, *, force_config: bool = False,
+                       stop_after_steps: int | None = None, devices=None,
+                       on_step: Callable[[int, dict], None] | None = None) -> dict:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint, and writes the final report.
+
+    Args:
+      config: a resolved ConfigDict (see configs/common.py).
+      workdir: run folder; created. Holds config.json, checkpoints/, metrics.jsonl, tb/, predictions/,
+        summary.json.
+      force_config: continue a workdir whose saved config differs.
+      stop_after_steps: train at most this many steps in this invocation, checkpoint and return (time slicing).
+      devices: mesh devices (default all).
+      on_step: test hook called as on_step(step, host_metrics) after each step's metrics are fetched.
+
+    Returns:
+      The summary dict (also saved as <workdir>/summary.json); {"stopped_at": step} when stopped early.
+    """
+    workdir = pathlib.Path(workdir)
+    is_main = jax.process_index() == 0
+    lock = checkpoint.WorkdirLock(workdir)
+    error = None
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire()
+            checkpoint.check_and_write_config(workdir, config.to_dict(), force=force_config)
+        except checkpoint.WorkdirError as e:
+            lock.release()
+            error = e
+    if not _agree(error is None):
+        raise error or checkpoint.WorkdirError(f"process 0 refused workdir {workdir}; see its log")
+    try:
+        return _run(config, workdir, stop_after_steps=stop_after_steps, devices=devices, on_step=on_step)
+    finally:
+        lock.release()
+
+
+def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -> dict:
+    import data_pipelines as dp
+
+    pid, nproc = jax.process_index(), jax.process_count()
+    is_main = pid == 0
+    task = tasks.get_task(config.task)
+
+    # Data first: a missing dataset stops the run before anything is compiled.
+    sources = builders.load_sources(config)
+    mesh = make_mesh(devices)
+    repl, data_sh = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    global_batch = config.batch_size
+    eval_batch = config.get("eval_batch_size") or global_batch
+    check_batch(global_batch, mesh, config.grad_accum_steps)
+    check_batch(eval_batch, mesh, 1, "config.eval_batch_size")
+    steps_per_epoch = dp.steps_per_epoch(len(sources["train"]), global_batch)
+    total_steps = steps_per_epoch * config.epochs
+    logging.info("%d train / %s val / %s test examples; %d devices in %d processes; %d steps/epoch, %d steps",
+                 len(sources["train"]), len(sources["val"]) if sources["val"] else 0,
+                 len(sources["test"]) if sources["test"] else 0, mesh.devices.size, nproc, steps_per_epoch,
+                 total_steps)
+
+    tx, schedule = builders.build_optimizer(config, steps_per_epoch)
+    model = builders.build_model(config)
+    graphdef, state = builders.create_train_state(model, tx, config.seed)
+    del model
+    state = jax.device_put(state, repl)
+    # Lower LLVM effort on CPU: ~3x faster compiles of LGMSNet at a similar step time (demos, tests).
+    compiler_options = FAST_COMPILE_OPTIONS if config.get("fast_compile") else None
+    train_fn, eval_fn = step_lib.jit_steps(graphdef, task=task, tx=tx, schedule=schedule,
+                                           grad_accum_steps=config.grad_accum_steps, state_sharding=repl,
+                                           batch_sharding=data_sh, replicated=repl,
+                                           compiler_options=compiler_options)
+
+    train_ds = dp.train_dataset(sources["train"], seed=config.seed, batch_size=global_batch // nproc,
+                                image_size=tuple(config.image_size), augment=config.augment,
+                                normalize=config.normalize, shard_index=pid, shard_count=nproc,
+                                worker_count=config.num_workers)
+    train_iter = iter(train_ds)
+
+    mngr = checkpoint.make_manager(workdir)
+    meta = {"best_score": checkpoint.NOT_BEST, "best_step": None, "best_epoch": None, "best_val": None}
+    jsonl = writers.JsonlWriter(workdir / "metrics.jsonl") if is_main else None
+    latest = mngr.latest_step()
+    if latest is not None:
+        logging.info("Resuming from %s step %d", mngr.directory, latest)
+        state, meta, _ = checkpoint.restore(mngr, latest, checkpoint.abstract_like(state, repl), data_iter=train_iter)
+        if jsonl is not None:
+            jsonl.truncate_after(latest)
+    start = int(jax.device_get(state.step))
+    tb = writers.EventWriter(workdir / "tb") if is_main else None
+    config_dict = config.to_dict()
+    last_saved = latest
+
+    def save(step: int, select: float | None = None) -> None:
+        nonlocal last_saved
+        if step == last_saved:
+            return
+        checkpoint.save(mngr, step, state, data_iter=train_iter, config_dict=config_dict, meta=meta,
+                        metrics=None if select is None else {"select": select})
+        last_saved = step
+
+    def evaluate(src, st) -> tuple[dict, tuple | None]:
+        ds = dp.eval_dataset(src, batch_size=eval_batch // nproc, image_size=tuple(config.image_size),
+                             normalize=config.normalize, shard_index=pid, shard_count=nproc)
+        sums, first = None, None
+        for batch in ds:
+            s, pics = eval_fn(st, _global_batch(batch, EVAL_KEYS, data_sh))
+            sums = s if sums is None else jax.tree.map(lambda a, b: a + b, sums, s)
+            if first is None:
+                first = (batch, pics)
+        means = metrics_lib.finalize_means(jax.device_get(sums))
+        return means, first
+
+    def picture(step: int, epoch: int, first) -> None:
+        batch, pics = first
+        n = min(config.get("num_pictures", 8), len(batch["image"]))
+        pics = _process_allgather(pics)  # every process takes part; only process 0 writes
+        if not is_main:
+            return
+        grid = writers.prediction_grid(dp.denormalize(batch["image"][:n], config.normalize), batch["mask"][:n],
+                                       pics[:n])
+        png = writers.encode_png(grid)
+        (workdir / "predictions").mkdir(exist_ok=True)
+        (workdir / "predictions" / f"val_epoch{epoch:04d}.png").write_bytes(png)
+        tb.image(step, "val/predictions", png, grid.shape[0], grid.shape[1])
+
+    progress = writers.Progress(total_steps, start, enabled=is_main, log_every=config.log_every)
+    epoch_losses: list[float] = []
+    pending: tuple[int, dict] | None = None
+    t_last = time.perf_counter()
+
+    def consume() -> None:
+        """Fetches the previous step's metrics (one step behind dispatch), checks them, logs them."""
+        nonlocal pending, t_last
+        if pending is None:
+            return
+        step, m = pending
+        pending = None
+        host = {k: float(v) for k, v in jax.device_get(m).items()}
+        now = time.perf_counter()
+        img_s = global_batch / max(now - t_last, 1e-9)
+        t_last = now
+        if not (math.isfinite(host["loss"]) and math.isfinite(host["grad_norm"])):
+            where = (f"the last good checkpoint is step {last_saved} in {mngr.directory}" if last_saved is not None
+                     else "no checkpoint was saved yet")
+            raise NonFiniteLossError(
+                f"loss={host['loss']} grad_norm={host['grad_norm']} at step {step} (epoch "
+                f"{(step - 1) // steps_per_epoch + 1}); stopping without saving this state; {where}. Lower "
+                f"config.optim.lr, check the data, or use float32 (config.model.dtype).")
+        epoch_losses.append(host["loss"])
+        epoch = (step - 1) // steps_per_epoch + 1
+        progress.update(step, host["loss"], img_s, epoch)
+        if is_main and (step % config.log_every == 0 or step == total_steps):
+            rec = {"train/loss": host["loss"], "train/lr": host["lr"], "train/grad_norm": host["grad_norm"],
+                   "train/img_per_s": img_s, "epoch": epoch}
+            jsonl.write(step, rec)
+            tb.scalars(step, {k: v for k, v in rec.items() if k != "epoch"})
+        if on_step is not None:
+            on_step(step, host)
+
+    stopped_at = None
+    try:
+        for step in range(start, total_steps):
+            if stop_after_steps is not None and step - start >= stop_after_steps:
+                stopped_at = step
+                break
+            batch = next(train_iter)
+            state, m = train_fn(state, _global_batch(batch, TRAIN_KEYS, data_sh))
+            consume()
+            pending = (step + 1, m)
+            done = step + 1
+            if done % steps_per_epoch == 0:
+                consume()
+                epoch = done // steps_per_epoch
+                if is_main:
+                    mean_loss = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
+                    jsonl.write(done, {"train/epoch_loss": mean_loss, "epoch": epoch})
+                epoch_losses.clear()
+                if sources["val"] is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
+                    val, first = evaluate(sources["val"], state)
+                    score = val[task.select_metric]
+                    improved = score > meta["best_score"]  # strictly greater, as the reference
+                    if improved:
+                        meta = meta | {"best_score": score, "best_step": done, "best_epoch": epoch, "best_val": val}
+                    if is_main:
+                        jsonl.write(done, {f"val/{k}": v for k, v in val.items()} | {"epoch": epoch})
+                        tb.scalars(done, {f"val/{k}": v for k, v in val.items() if k != "count"})
+                        logging.info("epoch %d val %s%s", epoch, _fmt(val, task.report_metrics),
+                                     " (best)" if improved else "")
+                    if first is not None:
+                        picture(done, epoch, first)
+                    save(done, score if improved else checkpoint.NOT_BEST)
+                    continue
+            every = config.get("checkpoint_every_steps") or 0
+            if every and done % every == 0:
+                consume()
+                save(done)
+        consume()
+        final = stopped_at if stopped_at is not None else total_steps
+        save(final)
+    finally:
+        progress.close()
+        mngr.wait_until_finished()
+        train_iter.close() if hasattr(train_iter, "close") else None
+    if stopped_at is not None:
+        mngr.close()
+        if tb is not None:
+            tb.close()
+        return {"stopped_at": stopped_at}
+
+    summary = _final_report(config, workdir, mngr, meta, sources, state, evaluate, task)
+    mngr.close()
+    if tb is not None:
+        tb.close()
+    return summary
+
+
+def _fmt(values: dict, keys: tuple[str, ...]) -> str:
+    return " ".join(f"{k} {values[k]:.4f}" for k in keys if k in values)
+
+
+def _final_report(config, workdir, mngr, meta, sources, last_state, evaluate, task) -> dict:
+    """Evaluates the best-by-validation checkpoint on val and test; prints and saves the summary table."""
+    best = meta.get("best_step")
+    if best is not None:
+        state, _, _ = checkpoint.restore(mngr, best, checkpoint.abstract_like(last_state, last_state.step.sharding))
+        label = f"best validation {task.select_metric} (epoch {meta['best_epoch']}, step {best})"
+    else:
+        state, label = last_state, "last step (no validation split)"
+    rows = {}
+    if sources["val"] is not None:
+        rows["val"] = evaluate(sources["val"], state)[0]
+    if sources["test"] is not None:
+        rows["test"] = evaluate(sources["test"], state)[0]
+    protocol = ("selected on validation, reported on test" if "test" in rows
+                else "selected and reported on validation (the reference protocol; no held-out test split)")
+    summary = {"checkpoint": label, "protocol": protocol, "steps": int(jax.device_get(last_state.step)),
+               "epochs": config.epochs, "dataset": config.dataset, "metrics": rows}
+    if jax.process_index() == 0:
+        (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        keys = task.report_metrics
+        lines = [f"LGMSNet on {config.dataset}: {label}; {protocol}",
+                 f"{'split':<6} {'n':>5} " + " ".join(f"{k.upper():>7}" for k in keys)]
+        for name, vals in rows.items():
+            lines.append(f"{name:<6} {vals['count']:>5} " + " ".join(f"{vals[k]:>7.4f}" for k in keys))
+        lines.append(f"saved to {workdir / SUMMARY_FILE}")
+        print("\n".join(lines), flush=True)
+    return summary

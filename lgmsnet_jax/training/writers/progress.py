@@ -1,0 +1,43 @@
+"""A progress bar (tqdm when a terminal is attached) that degrades to periodic absl log lines."""
+from __future__ import annotations
+
+import sys
+import time
+
+from absl import logging
+
+
+class Progress:
+    """Shows step, loss and images/s.
+
+    Args:
+      total: total steps of the run.
+      initial: steps already done (resume).
+      enabled: False on processes other than 0.
+      log_every: log-line period when there is no terminal.
+    """
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, log_every: int = 50):
+        self.total, self.enabled, self.log_every = total, enabled, log_every
+        self._bar = None
+        self._t0, self._n0 = time.perf_counter(), initial
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+                self._bar = tqdm(total=total, initial=initial, dynamic_ncols=True, unit="step")
+            except ImportError:
+                self._bar = None
+
+    def update(self, step: int, loss: float, images_per_s: float, epoch: int) -> None:
+        """Called once per finished step (1-based `step`)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}", refresh=False)
+        elif step % self.log_every == 0 or step == self.total:
+            logging.info("step %d/%d epoch %d loss %.4f %.1f img/s", step, self.total, epoch, loss, images_per_s)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
