@@ -172,5 +172,8 @@ def load_source(name: str, data_dir: str | pathlib.Path | None, split: str, *, f
         return cache_lib.CachedSource(entry.path, [row[i] for i in keep], keep)
     if backend == "tfds":
         from data_pipelines import tfds_builders  # lazy: tfds import costs ~1 s
-        return tfds_builders.tfds_source(entry, keep, split_name=f"{name}_{tag}")
+        if split == "all":
+            raise ValueError("backend='tfds' stores the named splits only, not 'all'")
+        return tfds_builders.tfds_source(name, data_dir, cache_root / "tfds", split, fold, image_size=image_size,
+                                         seed=seed, on_bad=on_bad, cache_dir=cache_root, resample=resample)
     raise ValueError(f"backend must be 'npy' or 'tfds', got {backend!r}")

@@ -79,18 +79,41 @@ def test_hue_rotation_keeps_grey_and_zero_is_identity():
 
 
 def test_affine_with_identity_parameters_leaves_image_unchanged():
-    img = np.random.default_rng(0).integers(0, 256, (16, 20, 4), dtype=np.uint8)
+    img = np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    mask = (img[..., 0] > 100).astype(np.uint8)
     m = T.affine_matrix(np.random.default_rng(0), 16, 20, scale=(1, 1), translate=0.0, rotate=0.0)
     np.testing.assert_allclose(m, [[1, 0, 0], [0, 1, 0]], atol=1e-12)
-    np.testing.assert_array_equal(T._warp_rgba(img, T._invert(m), (16, 20), reflect=False), img)
+    a, b = T.warp(img, mask, T._invert(m), reflect=False)
+    np.testing.assert_array_equal(a, img)
+    np.testing.assert_array_equal(b, mask)
 
 
-def test_elastic_warp_reflects_at_the_border():
+@pytest.mark.parametrize("mesh", [False, True])
+def test_warp_reflects_at_the_border(mesh):
     # A pure shift by +5 px in x (inverse map x -> x - 5) with reflect-101 border: column j < 5 reads 5 - j.
-    img = np.tile(np.arange(20, dtype=np.uint8)[None, :, None], (8, 1, 4)) * 10
+    img = np.tile(np.arange(20, dtype=np.uint8)[None, :, None], (8, 1, 3)) * 10
+    mask = (img[..., 0] >= 100).astype(np.uint8)
     inv = np.array([[1.0, 0, -5.0], [0, 1.0, 0]])
-    zero = np.zeros((2, 2))
-    g = np.array([[0.0, 20.0], [0.0, 20.0]]), np.array([[0.0, 0.0], [8.0, 8.0]])
-    out = T._warp_rgba(img, inv, (8, 20), reflect=True, disp=(g[1], g[0], zero, zero), cell=32)
-    np.testing.assert_array_equal(out[0, :, 0], [50, 40, 30, 20, 10, 0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100,
-                                                 110, 120, 130, 140])
+    gy, gx = np.meshgrid([0.0, 4.0, 8.0], [0.0, 10.0, 20.0], indexing="ij")
+    disp = (gy, gx, np.zeros_like(gy), np.zeros_like(gy)) if mesh else None
+    out, m = T.warp(img, mask, inv, reflect=True, disp=disp)
+    want = np.array([5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14])
+    np.testing.assert_array_equal(out[0, :, 0], want * 10)
+    np.testing.assert_array_equal(m[0], (want >= 10).astype(np.uint8))
+
+
+def test_mesh_warp_applies_the_displacement():
+    # A uniform displacement of +3 px in x through the mesh equals the shift itself.
+    img = np.tile(np.arange(32, dtype=np.uint8)[None, :, None], (16, 1, 3)) * 5
+    mask = (img[..., 0] > 80).astype(np.uint8)
+    gy, gx = np.meshgrid([0.0, 8.0, 16.0], [0.0, 16.0, 32.0], indexing="ij")
+    ident = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    out, m = T.warp(img, mask, ident, reflect=True, disp=(gy, gx, np.zeros_like(gy), np.full_like(gy, 3.0)))
+    np.testing.assert_array_equal(out[:, :29], img[:, 3:])
+    np.testing.assert_array_equal(m[:, :29], mask[:, 3:])
+
+
+def test_reflect101_indices_match_numpy_reflect_padding():
+    a = np.arange(7)
+    idx = np.arange(-20, 27)
+    np.testing.assert_array_equal(a[T._reflect101(idx, 7)], np.pad(a, 20, mode="reflect"))

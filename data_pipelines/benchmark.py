@@ -1,0 +1,104 @@
+"""Training-pipeline throughput (images/s) by worker count: cached read + augmentation + normalisation + batching.
+
+    python -m data_pipelines.benchmark [--workers 0 2 4 8 16] [--augment kvasir busi] [--json]
+    python -m data_pipelines.benchmark --dataset kvasir --data-dir ../shared/data/Kvasir-SEG
+
+Without --data-dir it writes a synthetic 256x256 cache (512 records) to a temporary folder, so it runs anywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import pathlib
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+from data_pipelines.cache import CachedSource
+from data_pipelines.pipeline import train_dataset
+from data_pipelines.sources import SyntheticSource, load_source
+
+
+def synthetic_cache(folder: pathlib.Path, n: int, size: tuple[int, int]) -> CachedSource:
+    """Writes n synthetic records as a cache entry (images.npy, masks.npy) and returns its source."""
+    gen = SyntheticSource(n, size, seed=0)
+    images = np.lib.format.open_memmap(folder / "images.npy", "w+", np.uint8, (n, *size, 3))
+    masks = np.lib.format.open_memmap(folder / "masks.npy", "w+", np.uint8, (n, *size))
+    for i in range(n):
+        ex = gen[i]
+        images[i], masks[i] = ex["image"], ex["mask"]
+    images.flush(), masks.flush()
+    return CachedSource(folder, range(n), gen.ids)
+
+
+def measure(src, *, workers: int, augment: str, batch_size: int, size: tuple[int, int], seconds: float,
+            min_batches: int) -> dict:
+    """Steady-state images/s of `train_dataset` (after warm-up batches), plus time to the first batch."""
+    ds = train_dataset(src, seed=0, batch_size=batch_size, image_size=size, augment=augment, worker_count=workers,
+                       prefetch=8, worker_buffer_size=4)
+    t0 = time.perf_counter()
+    it = iter(ds)
+    next(it)
+    first = time.perf_counter() - t0
+    for _ in range(max(2, 2 * workers)):  # let every worker fill its buffer
+        next(it)
+    n, t1 = 0, time.perf_counter()
+    while n < min_batches or time.perf_counter() - t1 < seconds:
+        b = next(it)
+        n += 1
+    dt = time.perf_counter() - t1
+    assert b["image"].shape == (batch_size, *size, 3)
+    it.close()
+    del it
+    gc.collect()
+    return {"workers": workers, "augment": augment, "images_per_s": round(n * batch_size / dt, 1),
+            "batches": n, "seconds": round(dt, 2), "first_batch_s": round(first, 2)}
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4, 8, 16])
+    p.add_argument("--augment", nargs="+", default=["kvasir", "busi"], choices=["kvasir", "busi", "none"])
+    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--records", type=int, default=512, help="synthetic records")
+    p.add_argument("--seconds", type=float, default=8.0, help="measuring time per setting")
+    p.add_argument("--min-batches", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    a = p.parse_args(argv)
+    size = (a.image_size, a.image_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.data_dir:
+            src = load_source(a.dataset, a.data_dir, "train", fold=1, image_size=size,
+                              cache_dir=a.cache_dir or pathlib.Path(tmp) / "cache")
+        else:
+            src = synthetic_cache(pathlib.Path(tmp), a.records, size)
+        rows = [measure(src, workers=w, augment=aug, batch_size=a.batch_size, size=size, seconds=a.seconds,
+                        min_batches=a.min_batches) for aug in a.augment for w in a.workers]
+    meta = {"command": "python -m data_pipelines.benchmark " + " ".join(argv or []), "cpus": os.cpu_count(),
+            "machine": platform.node(), "processor": platform.processor() or platform.machine(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "dataset": a.data_dir and a.dataset or f"synthetic cache ({a.records} records)",
+            "image_size": a.image_size, "batch_size": a.batch_size}
+    if a.json:
+        print(json.dumps({"meta": meta, "results": rows}, indent=1))
+    else:
+        print(f"# {meta['date']}  {meta['cpus']} CPUs ({meta['processor']})  {meta['dataset']}  "
+              f"{a.image_size}x{a.image_size}  batch {a.batch_size}")
+        print("| augment | workers | images/s | first batch (s) |")
+        print("|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['augment']} | {r['workers']} | {r['images_per_s']:.0f} | {r['first_batch_s']:.1f} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
