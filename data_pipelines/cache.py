@@ -68,6 +68,8 @@ def load_item(item: Item) -> tuple[np.ndarray | None, np.ndarray | None, list[Is
     Returns:
       (image, mask, issues); image/mask are None when an issue makes the item unusable.
     """
+    if item.frame is not None:
+        return _load_h5_item(item)
     try:
         image = decode_image(item.image)
     except Exception as e:  # noqa: BLE001 -- any decoder failure means "unreadable"
@@ -86,6 +88,27 @@ def load_item(item: Item) -> tuple[np.ndarray | None, np.ndarray | None, list[Is
             continue
         mask |= mk
     return (None, None, issues) if issues else (image, mask, [])
+
+
+def _load_h5_item(item: Item) -> tuple[np.ndarray | None, np.ndarray | None, list[Issue]]:
+    """Frame `item.frame` of an HDF5 file with `image` (N, H, W[, 3]) and `mask` (N, H, W) datasets (TUCC)."""
+    import h5py
+
+    try:
+        with h5py.File(item.image, "r") as f:
+            image, mask = np.asarray(f["image"][item.frame]), np.asarray(f["mask"][item.frame])
+    except Exception as e:  # noqa: BLE001
+        return None, None, [Issue("unreadable", item.id, f"{item.image}[{item.frame}]", f"{type(e).__name__}: {e}")]
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.dtype != np.uint8:
+        lo, hi = float(image.min()), float(image.max())
+        image = np.zeros(image.shape, np.uint8) if hi <= lo else np.round((image - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    if mask.shape != image.shape[:2]:
+        return None, None, [Issue("size_mismatch", item.id, f"{item.image}[{item.frame}]",
+                                  f"mask {mask.shape} vs image {image.shape[:2]}")]
+    # TUCC masks are 0/1 or 0/255; either way, a positive pixel is foreground.
+    return image, (mask > 127) if mask.max() > 1 else (mask > 0), []
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int], resample: str
@@ -110,7 +133,7 @@ def _listing_key(name: str, items: Sequence[Item], size: tuple[int, int], resamp
     for it in items:
         for p in (it.image, *it.masks):
             st = p.stat()
-            h.update(f"{it.id}\0{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{it.id}\0{p.resolve()}\0{it.frame}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -26,11 +26,13 @@ class Item:
       id: stable id (file stem); split files list these.
       image: the image file.
       masks: one or more mask files; the target is their union.
+      frame: for HDF5-backed items, the row in the file's `image`/`mask` datasets.
     """
 
     id: str
     image: pathlib.Path
     masks: tuple[pathlib.Path, ...]
+    frame: int | None = None  # row of an HDF5 file (TUCC's dataset.hdf5): image and mask are that file
 
 
 @dataclasses.dataclass
@@ -234,9 +236,27 @@ def list_bus(root: pathlib.Path) -> Listing:
 
 
 def list_tucc(root: pathlib.Path) -> Listing:
-    """TUCC (thyroid ultrasound cine-clip) frames exported as images/ + masks/ (see README for export)."""
+    """TUCC (Stanford AIMI thyroid ultrasound cine-clip): dataset.hdf5 with `image`, `mask` (N, H, W) and
+    `annot_id`, `frame_num`; or frames exported as images/ + masks/."""
     root = _descend(root, ("TUCC", "tucc"))
-    return _images_masks(root, ("images", "image"), ("masks", "mask")) or _missing_layout(root, "images/ + masks/")
+    h5 = next((root / n for n in ("dataset.hdf5", "dataset.h5") if (root / n).is_file()), None)
+    if h5 is None:
+        return (_images_masks(root, ("images", "image"), ("masks", "mask"))
+                or _missing_layout(root, "dataset.hdf5, or images/ + masks/"))
+    import h5py  # only this layout needs it
+
+    try:
+        with h5py.File(h5, "r") as f:
+            n, n_mask = f["image"].shape[0], f["mask"].shape[0]
+            annot = [a.decode() if isinstance(a, bytes) else str(a) for a in f["annot_id"][:]] if "annot_id" in f else None
+            frames = f["frame_num"][:].tolist() if "frame_num" in f else None
+    except (OSError, KeyError) as e:
+        return Listing([], [Issue("unreadable", "", str(h5), f"{type(e).__name__}: {e}")], root)
+    if n_mask != n:
+        return Listing([], [Issue("size_mismatch", "", str(h5), f"{n} images but {n_mask} masks")], root)
+    ids = [f"{re.sub(r'[^A-Za-z0-9_.-]', '_', annot[i].strip())}_f{int(frames[i]):04d}" if annot and frames
+           else f"frame{i:06d}" for i in range(n)]
+    return Listing([Item(i, h5, (h5,), frame=k) for k, i in enumerate(ids)], [], root)
 
 
 READERS: dict[str, Callable[[pathlib.Path], Listing]] = {

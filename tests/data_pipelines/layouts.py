@@ -82,6 +82,19 @@ def make_layout(name: str, root: pathlib.Path, n: int = 5) -> dict[str, np.ndarr
             sid = f"clip{i}_frame{i * 3}"
             masks[sid] = write_pair(root / "TUCC" / "images" / f"{sid}.png", [root / "TUCC" / "masks" / f"{sid}.png"],
                                     seed=i, image_mode="L")
+        elif name == "tucc_h5":  # the Stanford AIMI release: one dataset.hdf5
+            import h5py
+
+            rng = np.random.default_rng(0)
+            h, w = 40, 48
+            imgs = rng.integers(0, 256, (n, h, w), dtype=np.uint8)
+            mks = np.stack([disc_mask(h, w, 10 + 3 * k, 12 + 4 * k, 6) for k in range(n)]).astype(np.uint8)
+            (root / "TUCC").mkdir(parents=True, exist_ok=True)
+            with h5py.File(root / "TUCC" / "dataset.hdf5", "w") as f:
+                f["image"], f["mask"] = imgs, mks
+                f["annot_id"] = np.array([f"{k // 2}_".encode() for k in range(n)])
+                f["frame_num"] = np.arange(n) % 2
+            return {f"{k // 2}__f{k % 2:04d}": mks[k].astype(bool) for k in range(n)}
         elif name == "cmunext":  # CMUNeXt/LGMSNet layout, accepted by busi/isic18/tnscui/folder
             sid = f"img{i}"
             masks[sid] = write_pair(root / "images" / f"{sid}.png", [root / "masks" / "0" / f"{sid}.png"], seed=i)

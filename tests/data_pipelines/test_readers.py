@@ -10,10 +10,11 @@ SIZE = (40, 48)  # native size of the synthetic images, so cached masks equal th
 
 
 @pytest.mark.parametrize("name", ["folder", "kvasir", "busi", "isic18", "tnscui", "cvc300", "cvc_clinicdb", "ph2",
-                                  "bus", "tucc"])
+                                  "bus", "tucc", "tucc_h5"])
 def test_reader_lists_every_pair_and_unions_masks(name, tmp_path):
     data = tmp_path / "data"
     expected = make_layout(name, data, n=5)
+    name = name.removesuffix("_h5")
     before = snapshot(data)
     src = dp.load_source(name, data, "all", image_size=SIZE, cache_dir=tmp_path / "cache")
     assert sorted(src.ids) == sorted(expected)
