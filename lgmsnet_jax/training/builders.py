@@ -113,15 +113,21 @@ class Subset:
         return self.src[i]
 
 
-def abstract_train_state(config) -> tuple[nnx.GraphDef, TrainState]:
-    """(graphdef, TrainState of ShapeDtypeStructs) for restoring a checkpoint of `config` (no data needed)."""
+def abstract_train_state(config, sharding: jax.sharding.Sharding | None = None) -> tuple[nnx.GraphDef, TrainState]:
+    """(graphdef, TrainState of ShapeDtypeStructs) for restoring a checkpoint of `config` (no data needed).
+
+    Args:
+      config: the run's config.
+      sharding: placement of every restored leaf (default: the first local device).
+    """
     # The schedule does not change the optimizer state's structure; a constant one avoids needing the data size.
     o = config.optim
     tx = optim.build_optimizer(o.name, optax.constant_schedule(o.lr), momentum=o.get("momentum", 0.9),
                                weight_decay=o.weight_decay)
     model = build_model(config)
     graphdef, state = create_train_state(model, tx, config.seed)
-    return graphdef, checkpoint.abstract_like(state)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return graphdef, checkpoint.abstract_like(state, sharding)
 
 
 def restore_model(workdir: str | os.PathLike, which: str | int = "best"):
@@ -151,7 +157,7 @@ def restore_model(workdir: str | os.PathLike, which: str | int = "best"):
     config = ml_collections.ConfigDict(checkpoint.restore_config(mngr, step))
     config = fix_config_types(config)
     graphdef, abstract = abstract_train_state(config)
-    state, _, _ = checkpoint.restore(mngr, step, checkpoint.abstract_like(abstract), data_iter=None)
+    state, _, _ = checkpoint.restore(mngr, step, abstract, data_iter=None)
     mngr.close()
     model = nnx.merge(graphdef, state.params, state.model_state)
     model.eval()

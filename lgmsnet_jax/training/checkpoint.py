@@ -105,14 +105,17 @@ def config_diff(saved: dict, new: dict, ignore: tuple[str, ...] = RESUME_MUTABLE
 
 
 def check_and_write_config(workdir: str | os.PathLike, config_dict: dict, *, force: bool = False) -> None:
-    """Refuses a workdir whose saved config differs from this run's (unless `force`), then writes this one.
+    """Refuses a workdir with checkpoints whose saved config differs from this run's (unless `force`); writes it.
 
     Raises:
       WorkdirError: with the diff and how to override.
     """
     path = pathlib.Path(workdir) / CONFIG_FILE
     new = config_json(config_dict)
-    if path.exists():
+    ckpt_dir = pathlib.Path(workdir) / CKPT_DIR
+    has_checkpoints = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+    # Without a checkpoint there is nothing to mix up (e.g. the first attempt stopped on a bad batch size).
+    if path.exists() and has_checkpoints:
         diff = config_diff(json.loads(path.read_text()), new)
         if diff and not force:
             raise WorkdirError(

@@ -52,7 +52,7 @@ def train_step(graphdef: nnx.GraphDef, state: TrainState, batch: dict[str, jax.A
         micro-batch statistics and its running stats are updated once per micro-batch.
 
     Returns:
-      (new TrainState, {"loss", "lr", "grad_norm"} f32 scalars).
+      (new TrainState, {"loss", "lr", "grad_norm", "param_norm"} f32 scalars).
     """
     key = jax.random.fold_in(state.key, state.step)
     grad_fn = jax.value_and_grad(_loss_and_state, has_aux=True)
@@ -82,7 +82,9 @@ def train_step(graphdef: nnx.GraphDef, state: TrainState, batch: dict[str, jax.A
     params = optax.apply_updates(state.params, updates)
     new_state = TrainState(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state,
                            key=state.key)
-    out = {"loss": loss, "lr": jnp.asarray(schedule(state.step), jnp.float32), "grad_norm": optax.tree.norm(grads)}
+    # param_norm lets the host refuse to checkpoint a state that an overflowing update made non-finite.
+    out = {"loss": loss, "lr": jnp.asarray(schedule(state.step), jnp.float32), "grad_norm": optax.tree.norm(grads),
+           "param_norm": optax.tree.norm(params)}
     return new_state, out
 
 
