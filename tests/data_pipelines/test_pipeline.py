@@ -105,11 +105,22 @@ def test_shards_are_disjoint_and_cover_the_source():
     assert sorted(seen) == list(range(12))
 
 
-def test_zero_and_two_workers_give_identical_batches_and_resume():
-    src = dp.SyntheticSource(20, (32, 32), seed=2)
-    kw = dict(seed=5, batch_size=4, image_size=(32, 32), augment="kvasir")
-    base = _take(dp.train_dataset(src, worker_count=0, **kw), 8)
-    ds2 = dp.train_dataset(src, worker_count=2, **kw)
+@pytest.fixture(scope="module")
+def worker_source(request, tmp_path_factory):
+    """The real BUSI val1 set at 64x64 when ../shared is present (acceptance), else synthetic data."""
+    from tests.conftest import SHARED
+
+    busi = SHARED / "data" / "BUSI"
+    if busi.is_dir():
+        return dp.load_source("busi", busi, "val", fold=1, image_size=(64, 64),
+                              cache_dir=tmp_path_factory.mktemp("worker_cache"))
+    return dp.SyntheticSource(20, (64, 64), seed=2)
+
+
+def test_zero_and_two_workers_give_identical_batches_and_resume(worker_source):
+    kw = dict(seed=5, batch_size=4, image_size=(64, 64), augment="kvasir")
+    base = _take(dp.train_dataset(worker_source, worker_count=0, **kw), 8)
+    ds2 = dp.train_dataset(worker_source, worker_count=2, **kw)
     it = iter(ds2)
     got = [next(it) for _ in range(5)]
     state = it.get_state()
