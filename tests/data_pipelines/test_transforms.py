@@ -112,8 +112,3 @@ def test_mesh_warp_applies_the_displacement():
     np.testing.assert_array_equal(out[:, :29], img[:, 3:])
     np.testing.assert_array_equal(m[:, :29], mask[:, 3:])
 
-
-def test_reflect101_indices_match_numpy_reflect_padding():
-    a = np.arange(7)
-    idx = np.arange(-20, 27)
-    np.testing.assert_array_equal(a[T._reflect101(idx, 7)], np.pad(a, 20, mode="reflect"))
