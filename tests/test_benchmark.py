@@ -1,0 +1,138 @@
+"""`python -m lgmsnet_jax.benchmark` end to end on CPU (tiny registered net, tiny sizes) and its timing statistics."""
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lgmsnet_jax import benchmark
+from lgmsnet_jax.models import register_model, registered_models
+
+ROW_FIELDS = {
+    "ndim", "dtype", "depthwise_impl", "attention_impl", "size", "unit", "in_channels", "num_classes", "params",
+    "gflops_per_example",
+    "latency_batch", "latency_ms", "latency_ms_p10", "latency_ms_p90", "latency_compile_s",
+    "infer_batch", "infer_per_s", "infer_per_s_p10", "infer_per_s_p90", "infer_ms", "infer_compile_s",
+    "train_batch", "train_per_s", "train_per_s_p10", "train_per_s_p90", "train_step_ms", "train_compile_s",
+    "train_step_memory_bytes",
+    "dp_devices", "dp_batch_per_device", "dp_per_s", "dp_step_ms", "dp_scaling", "dp_compile_s",
+    "peak_memory_bytes",
+}
+WIDTH = 4
+
+
+class BenchNet(nnx.Module):
+    """conv3 -> BatchNorm -> ReLU -> conv1 (2D or 3D): the benchmark's plumbing without LGMSNet's CPU compile time."""
+
+    def __init__(self, ndim, in_channels, num_classes, *, dtype=jnp.float32, rngs):
+        self.conv = nnx.Conv(in_channels, WIDTH, (3,) * ndim, padding="SAME", dtype=dtype, rngs=rngs)
+        self.bn = nnx.BatchNorm(WIDTH, rngs=rngs)  # float32 statistics, as LGMSNet's norms
+        self.head = nnx.Conv(WIDTH, num_classes, (1,) * ndim, dtype=dtype, rngs=rngs)
+        self.dtype = dtype
+
+    def __call__(self, x, train=None):
+        h = self.bn(self.conv(x.astype(self.dtype)).astype(jnp.float32), use_running_average=not train)
+        return self.head(nnx.relu(h).astype(self.dtype)).astype(jnp.float32)
+
+
+def _factory(ndim, in_channels, num_classes, rngs, dtype=jnp.float32):
+    return BenchNet(ndim, in_channels, num_classes, dtype=dtype, rngs=rngs)
+
+
+if "bench_test_net" not in registered_models():
+    register_model("bench_test_net")(_factory)
+
+
+def _run(capsys, *argv):
+    assert benchmark.main(["--model", "bench_test_net", "--steps", "3", "--warmup", "1", "--json", *argv]) == 0
+    out = capsys.readouterr()
+    return json.loads(out.out), out.err
+
+
+def test_benchmark_json_has_every_field_for_both_dtypes_and_data_parallel(capsys, tmp_path):
+    report, table = _run(capsys, "--ndim", "2", "--dtype", "both", "--size", "16", "--infer_batch", "4",
+                         "--train_batch", "2", "--devices", "2", "--output", str(tmp_path / "b.json"),
+                         "--profile", str(tmp_path / "prof"), "--profile_steps", "1")
+    assert json.loads((tmp_path / "b.json").read_text()) == report
+    assert report["device"]["device_kind"] == jax.devices()[0].device_kind and report["device"]["platform"] == "cpu"
+    assert [r["dtype"] for r in report["results"]] == ["fp32", "bf16"]
+    for r in report["results"]:
+        assert set(r) == ROW_FIELDS, set(r) ^ ROW_FIELDS
+        # conv3 3->4 (+bias) + BN scale/bias + conv1 4->1 (+bias)
+        assert r["params"] == 3 * 3 * 3 * WIDTH + WIDTH + 2 * WIDTH + WIDTH + 1
+        # XLA counts 2 flops per in-bounds multiply-add: (3*16-2)^2 taps x 3 x 4 for the conv3, 16^2 x 4 for the
+        # head; BN/ReLU/bias add elementwise work on top.
+        conv_flops = 2 * ((3 * 16 - 2) ** 2 * 3 * WIDTH + 16 * 16 * WIDTH)
+        assert conv_flops <= r["gflops_per_example"] * 1e9 <= 2 * conv_flops
+        assert (r["latency_batch"], r["infer_batch"], r["train_batch"]) == (1, 4, 2)
+        assert r["dp_devices"] == 2 and r["dp_batch_per_device"] == 2
+        assert r["latency_ms_p10"] <= r["latency_ms"] <= r["latency_ms_p90"]
+        assert r["infer_per_s_p10"] <= r["infer_per_s"] <= r["infer_per_s_p90"]
+        assert r["infer_per_s"] == pytest.approx(4 / (r["infer_ms"] / 1e3))
+        assert r["train_per_s"] == pytest.approx(2 / (r["train_step_ms"] / 1e3))
+        assert r["dp_per_s"] == pytest.approx(4 / (r["dp_step_ms"] / 1e3))
+        assert r["dp_scaling"] == pytest.approx(r["dp_per_s"] / (2 * r["train_per_s"]))
+        assert r["train_step_memory_bytes"] > 0 and r["peak_memory_bytes"] == "n/a"  # CPU has no memory_stats
+        assert min(r["latency_compile_s"], r["infer_compile_s"], r["train_compile_s"], r["dp_compile_s"]) > 0
+    assert "cpu" in table and "img/s" in table and "x2 (" in table
+    traces = list((tmp_path / "prof").rglob("*.xplane.pb"))
+    assert {p.relative_to(tmp_path / "prof").parts[0] for p in traces} == {
+        f"2d_{d}_bench_test_net_{m}" for d in ("fp32", "bf16") for m in ("latency", "infer", "train1", "train2")}
+
+
+def test_benchmark_3d_trains_the_multiclass_task(capsys):
+    # optax.adamw computes decay**count with a Python float and an int32 count, which strict promotion (the test
+    # setting) rejects; the benchmark runs under JAX's default promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        report, _ = _run(capsys, "--ndim", "3", "--dtype", "fp32", "--size", "8", "--measure", "train,infer")
+    (r,) = report["results"]
+    assert (r["ndim"], r["unit"], r["in_channels"], r["num_classes"]) == (3, "patches/s", 1, 14)
+    assert (r["infer_batch"], r["train_batch"]) == (4, 1)
+    assert "latency_ms" not in r and r["dp_per_s"] is None and r["train_per_s"] > 0
+
+
+def test_timing_statistics_are_percentiles_of_per_call_times():
+    s = benchmark.timing_stats([0.001, 0.002, 0.003, 0.004, 0.005])
+    assert s["median_ms"] == pytest.approx(3.0) and s["n"] == 5
+    assert s["p10_ms"] == pytest.approx(1.4) and s["p90_ms"] == pytest.approx(4.6)  # linear interpolation
+
+
+def test_time_calls_waits_for_each_call_and_skips_warmup():
+    calls = []
+
+    def call():
+        calls.append(time.perf_counter())
+        time.sleep(0.01 if len(calls) > 2 else 0.2)  # slow warm-up calls must not be timed
+        return jnp.zeros(())
+
+    times = benchmark.time_calls(call, warmup=2, steps=4)
+    assert len(calls) == 6 and len(times) == 4
+    assert all(0.01 <= t < 0.15 for t in times)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--depthwise_impl", "nope"], "--depthwise_impl must be one of"),
+    (["--ndim", "4"], "--ndim must be 2, 3"),
+    (["--measure", "speed"], "--measure must be a subset"),
+    (["--set", "dtype=float16"], "chosen by its own option"),
+])
+def test_benchmark_rejects_bad_options(capsys, argv, message):
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_benchmark_refuses_more_devices_than_present():
+    args = benchmark.parse_args(["--devices", str(len(jax.local_devices()) + 1)])
+    with pytest.raises(ValueError, match=r"--devices 3: only 2 local device\(s\)"):
+        benchmark.run(args)
+
+
+def test_peak_memory_is_not_available_on_cpu_and_compiled_memory_is():
+    assert benchmark.peak_device_memory(jax.local_devices()) == "n/a"
+    compiled = jax.jit(lambda x: jnp.sin(x) @ x).lower(jnp.ones((64, 64), jnp.float32)).compile()
+    assert benchmark.compiled_memory_bytes(compiled) >= 2 * 64 * 64 * 4  # argument + output at least
+    np.testing.assert_equal(benchmark._per_second(32, 8.0), 4000.0)
