@@ -82,7 +82,7 @@ class TransformerLayer(nnx.Module):
         q, k, v = (a.reshape(shape) for a in (q, k, v))
         scale = self.head_dim ** -0.5
         if self.attention_impl == "xla":
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * jnp.asarray(scale, q.dtype)
+            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
             # Softmax in float32 so bf16 compute keeps normalised weights.
             probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
             o = jnp.einsum("bhqk,bkhd->bqhd", probs, v)

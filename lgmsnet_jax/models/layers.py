@@ -24,6 +24,11 @@ def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
     return jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
 
 
+def _bcast(v: jax.Array, ndim: int) -> jax.Array:
+    """(C,) -> (1, ..., 1, C) of rank `ndim`: explicit broadcasting (tests run with rank promotion 'raise')."""
+    return v.reshape((1,) * (ndim - 1) + (-1,))
+
+
 def _dimension_numbers(ndim: int) -> tuple[str, str, str]:
     spatial = "DHW"[3 - ndim:]
     return (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
@@ -47,7 +52,7 @@ def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, grou
         x, kernel.astype(x.dtype), window_strides=(1,) * ndim, padding=pads,
         dimension_numbers=_dimension_numbers(ndim), feature_group_count=groups)
     if bias is not None:
-        y = y + bias.astype(x.dtype)
+        y = y + _bcast(bias.astype(x.dtype), y.ndim)
     return y
 
 
@@ -60,7 +65,7 @@ def _depthwise_shift_add(x: jax.Array, kernel: jax.Array) -> jax.Array:
     out = None
     for offset in np.ndindex(*ks):
         window = xp[(slice(None),) + tuple(slice(o, o + s) for o, s in zip(offset, spatial)) + (slice(None),)]
-        term = window * w[offset]
+        term = window * _bcast(w[offset], x.ndim)
         out = term if out is None else out + term
     return out
 
@@ -92,7 +97,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = Non
     if any(k % 2 == 0 for k in kernel.shape[:ndim]):
         raise ValueError(f"depthwise kernel sizes must be odd, got {kernel.shape[:ndim]}")
     if all(k == 1 for k in kernel.shape[:ndim]):
-        y = x * kernel.reshape(c).astype(x.dtype)
+        y = x * _bcast(kernel.reshape(c).astype(x.dtype), x.ndim)
     elif impl == "xla":
         y = conv(x, kernel, groups=c)
     elif impl == "shift_add":
@@ -100,7 +105,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = Non
     else:
         raise ValueError(f"unknown depthwise impl {impl!r}; expected one of {DEPTHWISE_IMPLS}")
     if bias is not None:
-        y = y + bias.astype(x.dtype)
+        y = y + _bcast(bias.astype(x.dtype), x.ndim)
     return y
 
 
@@ -153,7 +158,7 @@ class Linear(nnx.Module):
         """(..., in) -> (..., out) in x.dtype."""
         y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
         if self.bias is not None:
-            y = y + self.bias[...].astype(x.dtype)
+            y = y + _bcast(self.bias[...].astype(x.dtype), y.ndim)
         return y
 
 
@@ -196,8 +201,8 @@ class BatchNorm(nnx.Module):
             self.var[...] = (1.0 - m) * self.var[...] + m * unbiased
         else:
             xf = x.astype(jnp.float32)
-            mean, var = self.mean[...], self.var[...]
-        y = (xf - mean) * jax.lax.rsqrt(var + EPS) * self.scale[...] + self.bias[...]
+            mean, var = _bcast(self.mean[...], x.ndim), _bcast(self.var[...], x.ndim)
+        y = (xf - mean) * jax.lax.rsqrt(var + EPS) * _bcast(self.scale[...], x.ndim) + _bcast(self.bias[...], x.ndim)
         return y.astype(x.dtype)
 
 
@@ -232,7 +237,7 @@ class GroupNorm(nnx.Module):
         axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
         gf, mean, var = _normalize(g, axes)
         y = ((gf - mean) * jax.lax.rsqrt(var + EPS)).reshape(x.shape)
-        return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+        return (y * _bcast(self.scale[...], x.ndim) + _bcast(self.bias[...], x.ndim)).astype(x.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -246,7 +251,8 @@ class LayerNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """(..., C) -> same."""
         xf, mean, var = _normalize(x, (x.ndim - 1,))
-        return ((xf - mean) * jax.lax.rsqrt(var + EPS) * self.scale[...] + self.bias[...]).astype(x.dtype)
+        y = (xf - mean) * jax.lax.rsqrt(var + EPS)
+        return (y * _bcast(self.scale[...], x.ndim) + _bcast(self.bias[...], x.ndim)).astype(x.dtype)
 
 
 def gelu(x: jax.Array) -> jax.Array:
