@@ -86,6 +86,30 @@ def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.batch_size = 4
     c.max_train_examples = 8
     c.max_eval_examples = 4
+    c.eval_every = 1
     c.log_every = 1
     c.fast_compile = True
+    return c
+
+
+def reference_split_config(dataset: str, data_dir: str, data_help: str, arg: str | None,
+                           config_file: str) -> ml_collections.ConfigDict:
+    """BUSI / ISIC18 / TNSCUI: the reference's `main.py` recipe on reference split `split=1|2|3` (default 1).
+
+    No test split exists in the reference: selection and report are both on the validation list.
+    """
+    args = parse_arg(arg)
+    check_args(args, ("split", "smoke"), config_file)
+    split = int(args.get("split", 1))
+    if split not in (1, 2, 3):
+        raise ValueError(f"{config_file}: split must be 1, 2 or 3, got {split}")
+    c = base_config()
+    c.dataset = dataset
+    c.data_dir = data_dir
+    c.data_help = data_help
+    c.fold = split
+    c.augment = "busi"
+    c.normalize = "reference_bgr"  # the reference's BGR ImageNet normalisation followed by an extra /255
+    if args.get("smoke"):
+        shrink_for_smoke(c)
     return c

@@ -84,6 +84,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, force_config: boo
     """
     workdir = pathlib.Path(workdir)
     is_main = jax.process_index() == 0
+    builders.check_data_dir(config)  # before the workdir is touched or anything compiles
     lock = checkpoint.WorkdirLock(workdir)
     error = None
     if is_main:

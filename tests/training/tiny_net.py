@@ -22,8 +22,8 @@ class TinySegNet(nnx.Module):
         return self.head(nnx.relu(h))
 
 
-def _factory(ndim, in_channels, num_classes, rngs, width=4, use_bn=True):
-    del ndim
+def _factory(ndim, in_channels, num_classes, rngs, width=4, use_bn=True, **lgmsnet_kwargs):
+    del ndim, lgmsnet_kwargs  # accepts (and ignores) a config's LGMSNet keywords: --config.model_name=tiny_test_net
     return TinySegNet(in_channels, num_classes, width, use_bn, rngs=rngs)
 
 

@@ -1,0 +1,146 @@
+"""train.py end to end in subprocesses: demo, resume of a finished run, guards, 8 devices vs 1, two processes,
+real Kvasir-SEG smoke. Smoke configs share shapes, so the persistent compile cache (tests/conftest.py) compiles
+the narrow LGMSNet once per CI run.
+"""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lgmsnet_jax.training import writers
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Runs train.py with the tiny test net registered (tests/training/tiny_net.py), exactly as `python train.py ...`.
+TINY_TRAIN = ("import runpy, sys; sys.path[:0] = ['tests/training', '.']; import tiny_net; "
+              "sys.argv = ['train.py'] + sys.argv[1:]; runpy.run_path('train.py', run_name='__main__')")
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.update({"JAX_PLATFORMS": "cpu"}, **extra)
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+def _train(args, timeout=300, tiny=False, **env):
+    cmd = [sys.executable, "-c", TINY_TRAIN] if tiny else [sys.executable, "train.py"]
+    return subprocess.run(cmd + list(args), cwd=ROOT, env=_env(**env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def test_demo_trains_end_to_end_and_rerun_resumes_finished_run(tmp_path):
+    wd = tmp_path / "demo"
+    out = _ok(_train(["--config", "configs/demo.py:smoke", "--workdir", str(wd)]))
+    assert "selected on validation, reported on test" in out.stdout
+    records = writers.read_jsonl(wd / "metrics.jsonl")
+    epoch_loss = [r["train/epoch_loss"] for r in records if "train/epoch_loss" in r]
+    assert len(epoch_loss) == 3 and epoch_loss[-1] < epoch_loss[0], epoch_loss
+    assert [r["step"] for r in records if "val/iou" in r] == [2, 4, 6]
+    assert json.loads((wd / "config.json").read_text())["dataset"] == "synthetic"
+    steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+    assert 6 in steps and all(s in (2, 4, 6) for s in steps)
+    summary = json.loads((wd / "summary.json").read_text())
+    assert set(summary["metrics"]) == {"val", "test"} and 0.0 <= summary["metrics"]["test"]["iou"] <= 1.0
+    pngs = sorted((wd / "predictions").glob("val_epoch*.png"))
+    assert [p.name for p in pngs] == ["val_epoch0001.png", "val_epoch0002.png", "val_epoch0003.png"]
+    (event_file,) = (wd / "tb").glob("events.out.tfevents.*")
+    events = writers.read_events(event_file)
+    assert events[0]["file_version"] == "brain.Event:2"
+    tb_loss = [(e["step"], e["scalars"]["train/loss"]) for e in events if "train/loss" in e["scalars"]]
+    jl_loss = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
+    assert [s for s, _ in tb_loss] == [s for s, _ in jl_loss]
+    np.testing.assert_allclose([v for _, v in tb_loss], [v for _, v in jl_loss], rtol=1e-6)
+    assert any(e["images"].get("val/predictions", {}).get("png", b"")[:8] == b"\x89PNG\r\n\x1a\n" for e in events)
+
+    # The same command again: nothing left to train; it restores the best checkpoint and reports again.
+    again = _ok(_train(["--config", "configs/demo.py:smoke", "--workdir", str(wd)]))
+    assert json.loads((wd / "summary.json").read_text()) == summary
+    assert "Resuming from" in again.stderr
+    assert writers.read_jsonl(wd / "metrics.jsonl") == records
+
+    # A different config against this workdir is refused, with the diff, before anything runs.
+    refused = _train(["--config", "configs/demo.py:smoke", "--workdir", str(wd), "--config.epochs=4"])
+    assert refused.returncode == 2
+    assert "different config" in refused.stderr and '"epochs": 4' in refused.stderr
+
+
+def test_missing_data_stops_at_once_with_the_expected_layout(tmp_path):
+    proc = _train(["--config", "configs/kvasir.py", "--workdir", str(tmp_path / "w"),
+                   f"--config.data_dir={tmp_path / 'nowhere'}"], timeout=120)
+    assert proc.returncode == 2
+    assert "images/<stem>.jpg" in proc.stderr and "https://datasets.simula.no/kvasir-seg/" in proc.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def _losses(workdir):
+    return {r["step"]: r["train/loss"] for r in writers.read_jsonl(workdir / "metrics.jsonl") if "train/loss" in r}
+
+
+TINY_ARGS = ["--config", "configs/demo.py", "--config.model_name=tiny_test_net", "--config.image_size=(16,16)",
+             "--config.epochs=1", "--config.log_every=1", "--config.fast_compile=False"]
+
+
+def test_eight_devices_give_the_same_losses_as_one(tmp_path):
+    # Global batch 8: one row per device on 8 devices; BatchNorm statistics stay global over the batch.
+    one = _ok(_train(TINY_ARGS + ["--workdir", str(tmp_path / "one"), "--num_cpu_devices=1"], tiny=True))
+    eight = _ok(_train(TINY_ARGS + ["--workdir", str(tmp_path / "eight"), "--num_cpu_devices=8"], tiny=True))
+    assert "1 global devices" in one.stderr and "8 global devices" in eight.stderr
+    l1, l8 = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
+    assert sorted(l1) == sorted(l8) == list(range(1, 7))  # 48 examples / 8 = 6 steps
+    np.testing.assert_allclose([l8[s] for s in sorted(l8)], [l1[s] for s in sorted(l1)], atol=1e-5, rtol=0)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_run_trains_and_checkpoints(tmp_path):
+    port = _free_port()
+    wd = tmp_path / "mp"
+    cmd = [sys.executable, "-c", TINY_TRAIN] + TINY_ARGS + [
+        "--workdir", str(wd), "--num_cpu_devices=2", f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+    procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=240))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (so, se) in zip(procs, outs):
+        assert p.returncode == 0, f"process exit {p.returncode}\n{se[-5000:]}"
+    assert "process 0/2, 2 local / 4 global devices" in outs[0][1]
+    assert sorted(_losses(wd)) == list(range(1, 7))
+    steps = [p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit()]
+    assert steps == ["6"]
+    assert sorted(q.name for q in (wd / "checkpoints" / "6" / "data_iter").glob("process_*.json")) == [
+        "process_0-of-2.json", "process_1-of-2.json"]
+    assert "selected on validation" in outs[0][0] and outs[1][0].strip() == ""  # only process 0 reports
+
+
+def test_kvasir_smoke_on_real_data(tmp_path, shared_dir):
+    data = shared_dir / "data" / "Kvasir-SEG"
+    if not data.is_dir():
+        pytest.skip(f"{data} not found")
+    wd = tmp_path / "kvasir"
+    out = _ok(_train(["--config", "configs/kvasir.py:smoke", "--workdir", str(wd), f"--config.data_dir={data}",
+                      f"--config.cache_dir={tmp_path / 'cache'}"], timeout=400))
+    assert "LGMSNet on kvasir" in out.stdout
+    summary = json.loads((wd / "summary.json").read_text())
+    assert summary["metrics"]["test"]["count"] == 4 and summary["metrics"]["val"]["count"] == 4
+    losses = _losses(wd)
+    assert sorted(losses) == [1, 2] and all(np.isfinite(list(losses.values())))
