@@ -47,17 +47,20 @@ def measure(src, *, workers: int, augment: str, batch_size: int, size: tuple[int
     first = time.perf_counter() - t0
     for _ in range(max(2, 2 * workers)):  # let every worker fill its buffer
         next(it)
-    n, t1 = 0, time.perf_counter()
+    n, t1, c1 = 0, time.perf_counter(), time.process_time()
     while n < min_batches or time.perf_counter() - t1 < seconds:
         b = next(it)
         n += 1
-    dt = time.perf_counter() - t1
+    dt, cpu = time.perf_counter() - t1, time.process_time() - c1
     assert b["image"].shape == (batch_size, *size, 3)
     it.close()
     del it
     gc.collect()
     return {"workers": workers, "augment": augment, "images_per_s": round(n * batch_size / dt, 1),
-            "batches": n, "seconds": round(dt, 2), "first_batch_s": round(first, 2)}
+            "batches": n, "seconds": round(dt, 2), "first_batch_s": round(first, 2),
+            # CPU time of this process (all threads) per image: with 0 workers it is the whole pipeline's cost,
+            # which does not depend on other load on the machine and bounds images/s on N free cores by N / cost.
+            "cpu_ms_per_image": round(1e3 * cpu / (n * batch_size), 2) if workers == 0 else None}
 
 
 def main(argv=None) -> list[dict]:
@@ -93,10 +96,12 @@ def main(argv=None) -> list[dict]:
     else:
         print(f"# {meta['date']}  {meta['cpus']} CPUs ({meta['processor']})  {meta['dataset']}  "
               f"{a.image_size}x{a.image_size}  batch {a.batch_size}")
-        print("| augment | workers | images/s | first batch (s) |")
-        print("|---|---|---|---|")
+        print("| augment | workers | images/s | first batch (s) | CPU ms/image (0 workers) |")
+        print("|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['augment']} | {r['workers']} | {r['images_per_s']:.0f} | {r['first_batch_s']:.1f} |")
+            cpu = "" if r["cpu_ms_per_image"] is None else f"{r['cpu_ms_per_image']:.2f}"
+            print(f"| {r['augment']} | {r['workers']} | {r['images_per_s']:.0f} | {r['first_batch_s']:.1f} | {cpu} |")
+        print(f"# load average at end: {os.getloadavg()[0]:.1f}")
     return rows
 
 

@@ -243,7 +243,8 @@ class CachedSource:
         if self._images is None:
             self._open()
         r = self.rows[i]
-        return {"image": np.array(self._images[r]), "mask": np.array(self._masks[r]), "id": self.ids[i]}
+        # Read-only views of the memory map: the batch function copies them once, straight into the batch.
+        return {"image": np.asarray(self._images[r]), "mask": np.asarray(self._masks[r]), "id": self.ids[i]}
 
     def __getstate__(self):
         d = dict(self.__dict__)

@@ -44,6 +44,24 @@ def normalize(image: np.ndarray, mode: str = "imagenet") -> np.ndarray:
     return x.reshape(image.shape)
 
 
+def normalize_into(out: np.ndarray, image: np.ndarray, mode: str = "imagenet") -> None:
+    """Writes `normalize(image, mode)` into `out` without temporaries (used to fill a batch in place).
+
+    Args:
+      out: float32 (H, W, 3), C-contiguous (e.g. one row of a batch array).
+      image: uint8 (H, W, 3), any strides (rot90/flip views are read directly).
+      mode: as in `normalize`.
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
+    h, w = out.shape[:2]
+    np.copyto(out, image[..., ::-1] if mode == "reference_bgr" else image, casting="unsafe")
+    scale, offset = _norm_rows(mode, w)
+    rows = out.reshape(h, w * 3)
+    rows *= scale
+    rows += offset
+
+
 @functools.lru_cache(maxsize=16)
 def _norm_rows(mode: str, width: int) -> tuple[np.ndarray, np.ndarray]:
     if mode == "unit":
