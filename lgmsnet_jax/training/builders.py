@@ -10,6 +10,7 @@ from typing import Any
 import jax
 from absl import logging
 import jax.numpy as jnp
+import numpy as np
 import ml_collections
 import optax
 from flax import nnx
@@ -177,6 +178,16 @@ def fix_config_types(config: ml_collections.ConfigDict) -> ml_collections.Config
     return config
 
 
-def replicate(state: TrainState, sharding: jax.sharding.Sharding) -> TrainState:
-    """Places every leaf of the state on `sharding` (replicated across the mesh)."""
-    return jax.device_put(state, sharding)
+def replicate(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """Places host-identical leaves on a (possibly multi-process) `sharding`, e.g. replicated over the mesh.
+
+    jax.device_put only accepts shardings of addressable devices; make_array_from_callback builds the global
+    array from every process's identical copy. Typed PRNG keys travel as their raw key data.
+    """
+    def put(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree)

@@ -129,7 +129,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
     model = builders.build_model(config)
     graphdef, state = builders.create_train_state(model, tx, config.seed)
     del model
-    state = jax.device_put(state, repl)
+    state = builders.replicate(state, repl)
     # Lower LLVM effort on CPU: ~3x faster compiles of LGMSNet at a similar step time (demos, tests).
     compiler_options = FAST_COMPILE_OPTIONS if config.get("fast_compile") else None
     train_fn, eval_fn = step_lib.jit_steps(graphdef, task=task, tx=tx, schedule=schedule,

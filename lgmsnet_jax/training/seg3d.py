@@ -7,6 +7,7 @@ Registered as task "seg_3d"; the datasets are BTCV, KiTS23 and ACDC (data_pipeli
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import time
 from collections.abc import Callable, Sequence
@@ -111,6 +112,14 @@ def patch_config(cfg: Any) -> patches.PatchConfig:
     return patches.PatchConfig(**p)
 
 
+def cache_root(cfg: Any) -> pathlib.Path:
+    """config.cache_dir, else $LGMSNET_CACHE/3d, else ~/.cache/lgmsnet_jax/3d (the 2D cache's convention)."""
+    if cfg.get("cache_dir"):
+        return pathlib.Path(cfg.cache_dir)
+    base = os.environ.get("LGMSNET_CACHE") or pathlib.Path.home() / ".cache" / "lgmsnet_jax"
+    return pathlib.Path(base) / "3d"
+
+
 def _resolve_split(cfg: Any, refs: Sequence[volumes.CaseRef], workdir: pathlib.Path | None
                    ) -> tuple[dict[str, list[str]], pathlib.Path]:
     names = [r.name for r in refs]
@@ -128,7 +137,7 @@ def _resolve_split(cfg: Any, refs: Sequence[volumes.CaseRef], workdir: pathlib.P
         perm = np.random.default_rng(int(cfg.split_seed)).permutation(len(names))
         val = {sorted(names)[i] for i in perm[: int(cfg.split_num_val)]}
         split = {"train": sorted(set(names) - val), "val": sorted(val)}
-    path = pathlib.Path(workdir or cfg.cache_dir) / f"split_{cfg.dataset}_seed{cfg.split_seed}.json"
+    path = pathlib.Path(workdir or cache_root(cfg)) / f"split_{cfg.dataset}_seed{cfg.split_seed}.json"
     volumes.write_split(path, split, seed=int(cfg.split_seed), num_val=int(cfg.split_num_val))
     return split, path
 
@@ -159,7 +168,7 @@ def prepare_data(cfg: Any, workdir: str | pathlib.Path | None = None, *, max_tra
     keep = set(train) | set(val)
     refs = [r for r in refs if r.name in keep]
     pcfg = preprocess_config(cfg)
-    cache_dir = preprocess3d.cache_dir_for(cfg.cache_dir, cfg.dataset, pcfg)
+    cache_dir = preprocess3d.cache_dir_for(cache_root(cfg), cfg.dataset, pcfg)
     t0 = time.time()
     preprocess3d.build_cache(refs, cache_dir, pcfg, cfg.num_classes, workers=int(cfg.preprocess.workers))
     logging.info("3D data %s: %d train / %d val cases cached in %s (%.1f s)", cfg.dataset, len(train), len(val),
@@ -167,13 +176,18 @@ def prepare_data(cfg: Any, workdir: str | pathlib.Path | None = None, *, max_tra
     return Seg3DData(cache_dir, train, val, CLASS_NAMES[cfg.dataset], split_path)
 
 
-def train_dataset(data: Seg3DData, cfg: Any, *, shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
-    """The endless patch stream of this process (see data_pipelines.patches.patch_dataset).
+def train_dataset(data: Seg3DData, cfg: Any, *, volumes_per_batch: int, shard_index: int = 0,
+                  shard_count: int = 1) -> grain.MapDataset:
+    """This process's endless patch stream (data_pipelines.patches.patch_dataset).
 
-    Batch size on this process = volumes_per_batch * patch.num_samples.
+    Args:
+      data: from prepare_data.
+      cfg: the run config (seed, patch).
+      volumes_per_batch: volumes per batch on this process; rows = volumes_per_batch * patch.num_samples.
+      shard_index, shard_count: this process and the process count.
     """
     return patches.patch_dataset(data.cache_dir, data.train_names, patch_config(cfg), seed=int(cfg.seed),
-                                 volumes_per_batch=int(cfg.volumes_per_batch), shard_index=shard_index,
+                                 volumes_per_batch=volumes_per_batch, shard_index=shard_index,
                                  shard_count=shard_count)
 
 
@@ -187,8 +201,7 @@ def canvas_shape(shapes: Sequence[Sequence[int]], roi_size: Sequence[int]) -> tu
 
 
 def make_volume_predictor(graphdef: nnx.GraphDef, *, roi_size: Sequence[int], overlap: float, mode: str,
-                          sw_batch_size: int, compute_dtype: Any = jnp.float32
-                          ) -> Callable[[Any, Any, jax.Array], jax.Array]:
+                          sw_batch_size: int) -> Callable[[Any, Any, jax.Array], jax.Array]:
     """Jitted (params, model_state, volume (1, *canvas, C)) -> class ids (1, *canvas) int32.
 
     The model runs in eval mode on windows of roi_size; logits are averaged (mode "constant" is the
@@ -202,7 +215,7 @@ def make_volume_predictor(graphdef: nnx.GraphDef, *, roi_size: Sequence[int], ov
         model.eval()
 
         def window_fn(x):
-            return model(x.astype(compute_dtype), train=False).astype(jnp.float32)
+            return model(x, train=False).astype(jnp.float32)
 
         logits = sliding_window_inference(window_fn, volume, roi, overlap=overlap, mode=mode,
                                           sw_batch_size=sw_batch_size)
