@@ -1,4 +1,5 @@
 """Baselines (U-Net, TinyU-Net, CMUNeXt) and Table 6 migrations: parameter counts, up-sampling, registry."""
+import functools
 import math
 
 import jax
@@ -12,6 +13,7 @@ from lgmsnet_jax.models.baselines import BASELINES, CMRF, CMUNeXt, TinyUNet, UNe
 from lgmsnet_jax.models.baselines import cmunext as cmunext_lib
 from lgmsnet_jax.models.baselines import unet as unet_lib
 from lgmsnet_jax.models.baselines import migrations
+from lgmsnet_jax.training.loop import FAST_COMPILE_OPTIONS as FAST_COMPILE
 
 
 def _abstract_count(make) -> int:
@@ -143,23 +145,29 @@ def test_cmrf_splits_channels_interleaved():
     ("unet", dict(dims=(8, 16, 32, 64, 128))),
     ("tinyunet", dict(dims=(16, 32, 32, 64))),
     ("cmunext", dict(dims=(8, 8, 16, 16, 32))),
+    ("unet_lms", dict(dims=(8, 16, 32, 64, 64))),
+    ("tinyunet_lms", dict(dims=(16, 32, 32, 64))),
     ("unet_gms", dict(dims=(8, 16, 32, 64, 64))),
 ])
-def test_forward_gives_logits_at_input_resolution_and_updates_bn_in_train_mode(name, kw):
-    model = build_model(name, in_channels=3, num_classes=2, seed=0, **kw)
+def test_forward_gives_logits_at_input_resolution(name, kw):
+    model = nnx.eval_shape(lambda: build_model(name, in_channels=3, num_classes=2, seed=0, **kw))
+    y = nnx.eval_shape(lambda m, x: m(x, train=True), model, jax.ShapeDtypeStruct((2, 32, 48, 3), jnp.float32))
+    assert (y.shape, y.dtype) == ((2, 32, 48, 2), jnp.float32)
+
+
+def test_unet_train_forward_updates_every_batchnorm():
+    model = build_model("unet", in_channels=3, num_classes=1, seed=0, dims=(4, 8, 8, 8, 8))
     graphdef, state = nnx.split(model)
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3), jnp.float32)
 
-    @jax.jit
+    # Lower XLA CPU effort (as the loop's fast_compile): this checks wiring, not speed.
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
     def fwd(state, x):
         m = nnx.merge(graphdef, state)
-        y = m(x, train=True)
-        return y, nnx.state(m)
+        return m(x, train=True), nnx.state(m, nnx.BatchStat)
 
-    y, new_state = fwd(state, x)
-    assert y.shape == (2, 32, 32, 2) and bool(jnp.all(jnp.isfinite(y)))
-    stats_before = nnx.state(model, nnx.BatchStat)
-    stats_after = nnx.merge(graphdef, new_state)
-    moved = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)), stats_before,
-                                         nnx.state(stats_after, nnx.BatchStat)))
-    assert all(moved)  # every BatchNorm saw data (no dead branch)
+    y, stats_after = fwd(state, x)
+    assert bool(jnp.all(jnp.isfinite(y)))
+    moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), nnx.state(model, nnx.BatchStat), stats_after)
+    assert all(jax.tree.leaves(moved))  # 22 BatchNorms (spec §1.3), every one saw data: no dead branch
+    assert len(jax.tree.leaves(moved)) == 2 * 22
