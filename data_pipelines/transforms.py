@@ -191,14 +191,15 @@ def displacement_field(rng: np.random.Generator, gy: np.ndarray, gx: np.ndarray,
                        alpha: float = 1.0, sigma: float = 50.0, step: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """ElasticTransform's smooth displacement (alpha * gaussian_filter(U(-1,1), sigma)) at points (gy, gx).
 
-    Drawn on a grid `step` times coarser (noise scaled by `step` so the smoothed field keeps the full-resolution
-    variance) and read off with bilinear interpolation: the field is smooth at scale sigma, so this is what
-    albumentations' `approximate` mode trades for speed, at a fraction of the cost.
+    Drawn on a grid `step` times coarser and read off with bilinear interpolation; the field is smooth at scale
+    sigma, so little is lost, at a fraction of the cost. A Gaussian of width sigma/step sums step**2 fewer
+    samples than one of width sigma, each weighted step**2 more, so the coarse noise is divided by `step` to keep
+    the full-resolution field's variance (alpha**2 / (3 * 4 * pi * sigma**2) per component).
     """
     ch, cw = h // step + 2, w // step + 2
     out = []
     for _ in range(2):
-        noise = rng.uniform(-1.0, 1.0, (ch, cw)) * step
+        noise = rng.uniform(-1.0, 1.0, (ch, cw)) / step
         field = ndimage.gaussian_filter(noise, sigma / step, mode="reflect") * alpha
         out.append(ndimage.map_coordinates(field, [gy / step, gx / step], order=1, mode="nearest"))
     return out[0], out[1]

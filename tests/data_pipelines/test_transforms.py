@@ -41,14 +41,15 @@ def test_busi_augment_is_a_joint_dihedral_transform_with_reference_probabilities
     assert abs(unchanged / n - 0.3125) < 0.03
 
 
-def test_kvasir_augment_keeps_mask_binary_and_aligned_with_image():
+@pytest.mark.parametrize("alpha", [1.0, 3000.0])  # 3000: a visible elastic field, through the mesh warp
+def test_kvasir_augment_keeps_mask_binary_and_aligned_with_image(alpha):
     h = w = 64
     yy, xx = np.mgrid[0:h, 0:w]
     mask = ((yy - 30) ** 2 + (xx - 25) ** 2 < 15 ** 2).astype(np.uint8)
     img = np.stack([mask * 255, np.full((h, w), 90), xx * 4], -1).astype(np.uint8)
     rng = np.random.default_rng(1)
     for _ in range(40):
-        a, m = T.augment_kvasir(img, mask, rng)
+        a, m = T.augment_kvasir(img, mask, rng, elastic_alpha=alpha)
         assert a.shape == img.shape and a.dtype == np.uint8 and m.shape == mask.shape
         assert set(np.unique(m)) <= {0, 1}
         # Red encodes the mask; colour jitter moves it by at most ~x1.9, bilinear edges by one pixel.
@@ -112,3 +113,19 @@ def test_mesh_warp_applies_the_displacement():
     np.testing.assert_array_equal(out[:, :29], img[:, 3:])
     np.testing.assert_array_equal(m[:, :29], mask[:, 3:])
 
+
+
+def test_coarse_displacement_field_has_the_full_resolution_spread():
+    from scipy import ndimage
+
+    h = w = 128
+    sigma = 16.0
+    gy, gx = np.meshgrid(np.arange(8.0, 128, 16), np.arange(8.0, 128, 16), indexing="ij")
+    rng = np.random.default_rng(0)
+    coarse = np.concatenate([T.displacement_field(rng, gy, gx, h, w, 1.0, sigma, step=4)[0].ravel()
+                             for _ in range(300)])
+    full = np.concatenate([ndimage.gaussian_filter(rng.uniform(-1, 1, (h, w)), sigma)[8::16, 8::16].ravel()
+                           for _ in range(40)])
+    want = np.sqrt(1 / 3 / (4 * np.pi * sigma ** 2))  # 0.0102: white-noise variance through a unit Gaussian
+    assert abs(full.std() / want - 1) < 0.25
+    assert abs(coarse.std() / full.std() - 1) < 0.25
