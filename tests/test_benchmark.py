@@ -13,6 +13,7 @@ from lgmsnet_jax.models import register_model, registered_models
 
 ROW_FIELDS = {
     "ndim", "dtype", "depthwise_impl", "attention_impl", "size", "unit", "in_channels", "num_classes", "params",
+    "state_arrays", "inference_args",
     "gflops_per_example",
     "latency_batch", "latency_ms", "latency_ms_p10", "latency_ms_p90", "latency_compile_s",
     "infer_batch", "infer_per_s", "infer_per_s_p10", "infer_per_s_p90", "infer_ms", "infer_compile_s",
@@ -68,6 +69,7 @@ def test_benchmark_json_has_every_field_for_both_dtypes_and_data_parallel(capsys
         conv_flops = 2 * ((3 * 16 - 2) ** 2 * 3 * WIDTH + 16 * 16 * WIDTH)
         assert conv_flops <= r["gflops_per_example"] * 1e9 <= 2 * conv_flops
         assert (r["latency_batch"], r["infer_batch"], r["train_batch"]) == (1, 4, 2)
+        assert r["state_arrays"] == 8 and r["inference_args"] == "tree"  # 2 convs x (kernel, bias) + 4 BN arrays
         assert r["dp_devices"] == 2 and r["dp_batch_per_device"] == 2
         assert r["latency_ms_p10"] <= r["latency_ms"] <= r["latency_ms_p90"]
         assert r["infer_per_s_p10"] <= r["infer_per_s"] <= r["infer_per_s_p90"]
@@ -87,8 +89,10 @@ def test_benchmark_3d_trains_the_multiclass_task(capsys):
     # optax.adamw computes decay**count with a Python float and an int32 count, which strict promotion (the test
     # setting) rejects; the benchmark runs under JAX's default promotion.
     with jax.numpy_dtype_promotion("standard"):
-        report, _ = _run(capsys, "--ndim", "3", "--dtype", "fp32", "--size", "8", "--measure", "train,infer")
+        report, _ = _run(capsys, "--ndim", "3", "--dtype", "fp32", "--size", "8", "--measure", "train,infer",
+                         "--pack_params")
     (r,) = report["results"]
+    assert r["inference_args"] == "packed"
     assert (r["ndim"], r["unit"], r["in_channels"], r["num_classes"]) == (3, "patches/s", 1, 14)
     assert (r["infer_batch"], r["train_batch"]) == (4, 1)
     assert "latency_ms" not in r and r["dp_per_s"] is None and r["train_per_s"] > 0
@@ -136,3 +140,21 @@ def test_peak_memory_is_not_available_on_cpu_and_compiled_memory_is():
     compiled = jax.jit(lambda x: jnp.sin(x) @ x).lower(jnp.ones((64, 64), jnp.float32)).compile()
     assert benchmark.compiled_memory_bytes(compiled) >= 2 * 64 * 64 * 4  # argument + output at least
     np.testing.assert_equal(benchmark._per_second(32, 8.0), 4000.0)
+
+
+def test_packed_state_unpacks_to_every_leaf_inside_jit():
+    from lgmsnet_jax.inference import packing
+
+    tree = {"a": jnp.arange(6, dtype=jnp.float32).reshape(2, 3), "b": [jnp.ones((4,), jnp.bfloat16),
+            jnp.full((2, 2), 7, jnp.int32), jnp.float32(3.5)], "c": jnp.zeros((0, 5)), "key": jax.random.key(3),
+            "d": jnp.linspace(0, 1, 5, dtype=jnp.float32)}
+    packed, spec = packing.pack(tree)
+    assert sorted(k for k in packed if k != "_other") == ["bfloat16", "float32", "int32"]
+    assert packed["float32"].shape == (6 + 1 + 0 + 5,) and len(packed["_other"]) == 1
+    out = jax.jit(spec.unpack)(packed)
+    assert jax.tree.structure(out) == jax.tree.structure(tree)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(out)):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        assert a.dtype == b.dtype and a.shape == b.shape, path
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))

@@ -17,6 +17,8 @@ import scipy.ndimage
 from flax import nnx
 from PIL import Image
 
+from lgmsnet_jax.inference import packing
+
 FIT_MODES = ("resize", "pad")
 CONTOUR_RGB = (0, 255, 0)  # bright green reads well on endoscopy, dermoscopy and ultrasound images
 
@@ -75,14 +77,15 @@ def make_predictor(model: nnx.Module):
 
     K == 1 (binary): sigmoid of the logit; K > 1: softmax over classes.
     """
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    graphdef, state = nnx.split(model)
+    packed, spec = packing.pack(state)  # a few call arguments instead of hundreds
 
     @jax.jit
-    def forward(params, rest, x):
-        logits = nnx.merge(graphdef, params, rest)(x, train=False).astype(jnp.float32)
+    def forward(packed, x):
+        logits = nnx.merge(graphdef, spec.unpack(packed))(x, train=False).astype(jnp.float32)
         return jax.nn.sigmoid(logits) if logits.shape[-1] == 1 else jax.nn.softmax(logits, axis=-1)
 
-    return lambda x: forward(params, rest, jnp.asarray(x))
+    return lambda x: forward(packed, jnp.asarray(x))
 
 
 def to_original(prob: np.ndarray, prep: Prepared) -> np.ndarray:
