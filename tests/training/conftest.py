@@ -13,8 +13,8 @@ from tiny_net import TinySegNet, tiny_config  # noqa: E402,F401
 
 @pytest.fixture
 def tiny_model():
-    def make(seed=0, use_bn=True):
-        return TinySegNet(use_bn=use_bn, rngs=nnx.Rngs(seed))
+    def make(seed=0, use_bn=True, dtype=jnp.float32):
+        return TinySegNet(use_bn=use_bn, dtype=dtype, rngs=nnx.Rngs(seed))
     return make
 
 

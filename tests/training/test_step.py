@@ -65,3 +65,17 @@ def test_eval_step_ignores_padded_rows(tiny_model, seg_batch):
     assert float(s_pad["count"]) == 2.0
     assert float(s_pad["iou"]) == pytest.approx(float(s_real["iou"]), rel=1e-6)
     assert pics.shape == (4, 8, 8, 1) and float(pics.min()) >= 0.0 and float(pics.max()) <= 1.0
+
+
+def test_bf16_compute_keeps_f32_params_loss_and_metrics(tiny_model, seg_batch):
+    graphdef, st, tx, sched = _setup(tiny_model(dtype=jnp.bfloat16))
+    train, evaluate = step_lib.jit_steps(graphdef, task=tasks.binary_seg_2d(), tx=tx, schedule=sched)
+    batch = seg_batch()
+    losses = []
+    for _ in range(10):
+        st, m = train(st, batch)
+        losses.append(float(m["loss"]))
+    assert m["loss"].dtype == jnp.float32 and losses[-1] < losses[0]
+    assert {x.dtype for x in jax.tree.leaves(st.params)} == {jnp.dtype(jnp.float32)}
+    sums, pics = evaluate(st, batch | {"valid": jnp.ones((4,), jnp.float32)})
+    assert sums["iou"].dtype == jnp.float32 and pics.dtype == jnp.float32

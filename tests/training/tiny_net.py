@@ -2,6 +2,7 @@
 
 Imported by tests in-process and by subprocess tests (multi-device, multi-process) via sys.path.
 """
+import jax.numpy as jnp
 from flax import nnx
 
 from lgmsnet_jax.models import register_model, registered_models
@@ -10,10 +11,10 @@ from lgmsnet_jax.models import register_model, registered_models
 class TinySegNet(nnx.Module):
     """conv3x3 -> BN -> relu -> conv1x1, NHWC in, (N, H, W, num_classes) logits out."""
 
-    def __init__(self, in_channels=3, num_classes=1, width=4, use_bn=True, *, rngs):
-        self.conv = nnx.Conv(in_channels, width, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)
-        self.bn = nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, rngs=rngs) if use_bn else None
-        self.head = nnx.Conv(width, num_classes, (1, 1), rngs=rngs)
+    def __init__(self, in_channels=3, num_classes=1, width=4, use_bn=True, dtype=jnp.float32, *, rngs):
+        self.conv = nnx.Conv(in_channels, width, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
+        self.bn = nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs) if use_bn else None
+        self.head = nnx.Conv(width, num_classes, (1, 1), dtype=dtype, rngs=rngs)
 
     def __call__(self, x, train=None):
         h = self.conv(x)

@@ -1,0 +1,53 @@
+"""Workdir guards and Orbax round trip of a TrainState (every leaf, restored into a template from another seed)."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from lgmsnet_jax.training import checkpoint, optim, state as state_lib
+
+
+def test_config_diff_names_changed_keys_and_ignores_data_location():
+    a = {"epochs": 10, "data_dir": "/a", "optim": {"lr": 0.01}}
+    b = {"epochs": 10, "data_dir": "/b", "optim": {"lr": 0.02}}
+    diff = checkpoint.config_diff(a, b)
+    assert '-  "lr": 0.01' in diff and '+  "lr": 0.02' in diff and "data_dir" not in diff
+    assert checkpoint.config_diff(a, a | {"data_dir": "/c"}) == ""
+
+
+def test_config_check_allows_a_new_config_when_there_is_no_checkpoint(tmp_path):
+    checkpoint.check_and_write_config(tmp_path, {"epochs": 1})
+    checkpoint.check_and_write_config(tmp_path, {"epochs": 2})  # the first attempt never saved anything
+    (tmp_path / checkpoint.CKPT_DIR / "5").mkdir(parents=True)
+    with pytest.raises(checkpoint.WorkdirError, match="different config"):
+        checkpoint.check_and_write_config(tmp_path, {"epochs": 3})
+    checkpoint.check_and_write_config(tmp_path, {"epochs": 3}, force=True)
+    assert json.loads((tmp_path / checkpoint.CONFIG_FILE).read_text()) == {"epochs": 3}
+
+
+def test_lock_refuses_a_second_holder_and_releases(tmp_path):
+    with checkpoint.WorkdirLock(tmp_path):
+        with pytest.raises(checkpoint.WorkdirError, match="in use"):
+            checkpoint.WorkdirLock(tmp_path).acquire()
+    assert not (tmp_path / checkpoint.LOCK_FILE).exists()
+
+
+def test_train_state_round_trips_every_leaf(tmp_path, tiny_model):
+    tx = optim.build_optimizer("sgd", optim.build_schedule("constant", lr=0.1, steps_per_epoch=1, epochs=1))
+    _, saved = state_lib.create_train_state(tiny_model(seed=0), tx, seed=3)
+    saved.step = saved.step + 7
+    _, template = state_lib.create_train_state(tiny_model(seed=1), tx, seed=4)
+    mngr = checkpoint.make_manager(tmp_path)
+    checkpoint.save(mngr, 7, saved, data_iter=None, config_dict={"a": (1, 2)}, meta={"best_step": None},
+                    metrics={"select": 0.5})
+    mngr.wait_until_finished()
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    restored, meta, config = checkpoint.restore(mngr, 7, checkpoint.abstract_like(template, sharding))
+    assert meta == {"best_step": None} and config == {"a": [1, 2]}
+    assert checkpoint.best_step(mngr) == 7
+    for (path, a), (_, b) in zip(state_lib.leaf_paths(saved), state_lib.leaf_paths(restored)):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=path)
+    mngr.close()
