@@ -13,13 +13,15 @@ class TinySegNet(nnx.Module):
 
     def __init__(self, in_channels=3, num_classes=1, width=4, use_bn=True, dtype=jnp.float32, *, rngs):
         self.conv = nnx.Conv(in_channels, width, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
-        self.bn = nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs) if use_bn else None
+        # Normalisation in f32 (as LGMSNet does); flax's BatchNorm mixes bf16/f32 under strict promotion.
+        self.bn = nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, rngs=rngs) if use_bn else None
+        self.dtype = dtype
         self.head = nnx.Conv(width, num_classes, (1, 1), dtype=dtype, rngs=rngs)
 
     def __call__(self, x, train=None):
         h = self.conv(x)
         if self.bn is not None:
-            h = self.bn(h, use_running_average=not train)
+            h = self.bn(h.astype(jnp.float32), use_running_average=not train).astype(self.dtype)
         return self.head(nnx.relu(h))
 
 
