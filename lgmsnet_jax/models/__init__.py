@@ -18,10 +18,19 @@ from lgmsnet_jax.models.gms import GMSBlock, TransformerLayer
 from lgmsnet_jax.models.layers import depthwise_conv
 from lgmsnet_jax.models.lgmsnet import LGMSNet
 from lgmsnet_jax.models.lms import LMSBlock
-from lgmsnet_jax.models.stats import count_params
 
 __all__ = ["LGMSNet", "LMSBlock", "GMSBlock", "TransformerLayer", "build_model", "register_model",
            "registered_models", "count_params", "depthwise_conv", "host_init"]
+
+
+
+def __getattr__(name: str):
+    # Lazy, so `python -m lgmsnet_jax.models.stats` does not find its module already imported by the package.
+    if name == "count_params":
+        from lgmsnet_jax.models.stats import count_params  # noqa: PLC0415
+        return count_params
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 Factory = Callable[..., nnx.Module]
 _REGISTRY: dict[str, Factory] = {}
