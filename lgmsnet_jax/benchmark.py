@@ -241,7 +241,8 @@ def benchmark_row(ndim: int, dtype: str, depthwise_impl: str, args: argparse.Nam
     label = f"{ndim}d_{dtype}_{depthwise_impl}" if args.model == "lgmsnet" else f"{ndim}d_{dtype}_{args.model}"
     kwargs = dict(args.model_kwargs, dtype=jnp.dtype(DTYPES[dtype]).name)
     if args.model == "lgmsnet":
-        kwargs.update(depthwise_impl=depthwise_impl, attention_impl=args.attention_impl)
+        attention_impl = args.attention_impl
+        kwargs.update(depthwise_impl=depthwise_impl, attention_impl=attention_impl)
     else:
         depthwise_impl = attention_impl = "n/a"  # other models have no such options
     # train.py's own model builder, so the benchmark measures the model exactly as training builds it.
