@@ -143,8 +143,10 @@ def load_source(name: str, data_dir: str | pathlib.Path | None, split: str, *, f
         raise DataError(f"{name}: data folder {data_dir} does not exist",
                         [Issue("empty_folder", "", str(data_dir), "folder does not exist")])
     data_dir = pathlib.Path(data_dir).resolve()
-    if cache_root.resolve().is_relative_to(data_dir):
-        raise ValueError(f"cache_dir {cache_root} is inside the data folder {data_dir}; it must not be written")
+    for what, path in (("cache_dir", cache_root), ("report_path", report_path),
+                       ("split_file", None if split_file is None or pathlib.Path(split_file).is_file() else split_file)):
+        if path is not None and pathlib.Path(path).resolve().is_relative_to(data_dir):
+            raise ValueError(f"{what} {path} is inside the data folder {data_dir}, which is never written")
     listing = (readers.list_busi(data_dir, classes=tuple(classes)) if name == "busi" and classes
                else readers.list_dataset(name, data_dir))
     by_id = {it.id: it for it in listing.items}

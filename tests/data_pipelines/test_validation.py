@@ -99,7 +99,11 @@ def test_problem_outside_the_split_does_not_block_it(tmp_path):
     assert _load(tmp_path, "busi", "val", fold=1).ids == ["benign (1)", "malignant (2)"]
 
 
-def test_cache_inside_data_folder_is_refused(tmp_path):
+def test_writing_inside_the_data_folder_is_refused(tmp_path):
     make_layout("folder", tmp_path / "data", n=2)
-    with pytest.raises(ValueError, match="inside the data folder"):
+    with pytest.raises(ValueError, match="cache_dir .* is inside the data folder"):
         dp.load_source("folder", tmp_path / "data", "all", image_size=SIZE, cache_dir=tmp_path / "data" / "c")
+    with pytest.raises(ValueError, match="report_path .* is inside the data folder"):
+        _load(tmp_path, on_bad="skip", report_path=tmp_path / "data" / "report.json")
+    with pytest.raises(ValueError, match="split_file .* is inside the data folder"):
+        _load(tmp_path, split="train", split_file=tmp_path / "data" / "split.json")
