@@ -113,7 +113,8 @@ def load_source(name: str, data_dir: str | pathlib.Path | None, split: str, *, f
       data_dir: the dataset folder (native layout; see readers.py). Only read, never written.
       split: see above.
       fold: reference split index 1..3 (busi/isic18/tnscui).
-      seed: seed of seeded splits and of synthetic data.
+      seed: seed of seeded splits (Kvasir's val carve, 80/10/10) and of synthetic data. This is a *split* seed:
+        keep it fixed across training seeds so runs are compared on one split.
       image_size: (h, w) of the cached arrays.
       cache_dir: cache root (default $LGMSNET_CACHE or ~/.cache/lgmsnet_jax).
       on_bad: "error" (raise `DataError` listing every problem) or "skip" (drop them, write `report_path`).
