@@ -210,7 +210,8 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
             where = (f"the last good checkpoint is step {last_saved} in {mngr.directory}" if last_saved is not None
                      else "no checkpoint was saved yet")
             raise NonFiniteLossError(
-                f"loss={host['loss']} grad_norm={host['grad_norm']} param_norm={host['param_norm']} at step {step} (epoch "
+                f"loss={host['loss']} grad_norm={host['grad_norm']} param_norm={host['param_norm']} at step {step} "
+                f"(epoch "
                 f"{(step - 1) // steps_per_epoch + 1}); stopping without saving this state; {where}. Lower "
                 f"config.optim.lr, check the data, or use float32 (config.model.dtype).")
         epoch_losses.append(host["loss"])

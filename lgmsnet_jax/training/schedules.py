@@ -63,7 +63,8 @@ def warmup_cosine_per_epoch(
         e = jnp.floor_divide(jnp.asarray(count, jnp.int32), steps_per_epoch).astype(jnp.float32)
         w = jnp.float32(warmup_epochs)
         warm = warmup_start_lr + e * (peak_lr - warmup_start_lr) / jnp.maximum(w - 1.0, 1.0)
-        cos = eta_min + 0.5 * (peak_lr - eta_min) * (1.0 + jnp.cos(jnp.pi * (e - w) / jnp.float32(max_epochs - warmup_epochs)))
+        progress = (e - w) / jnp.float32(max_epochs - warmup_epochs)
+        cos = eta_min + 0.5 * (peak_lr - eta_min) * (1.0 + jnp.cos(jnp.pi * progress))
         return jnp.where(e < w, warm, cos).astype(jnp.float32)
 
     return schedule
