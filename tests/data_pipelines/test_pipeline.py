@@ -106,14 +106,13 @@ def test_shards_are_disjoint_and_cover_the_source():
 
 
 @pytest.fixture(scope="module")
-def worker_source(request, tmp_path_factory):
+def worker_source(real_cache_dir):
     """The real BUSI val1 set at 64x64 when ../shared is present (acceptance), else synthetic data."""
     from tests.conftest import SHARED
 
     busi = SHARED / "data" / "BUSI"
     if busi.is_dir():
-        return dp.load_source("busi", busi, "val", fold=1, image_size=(64, 64),
-                              cache_dir=tmp_path_factory.mktemp("worker_cache"))
+        return dp.load_source("busi", busi, "val", fold=1, image_size=(64, 64), cache_dir=real_cache_dir)
     return dp.SyntheticSource(20, (64, 64), seed=2)
 
 

@@ -9,12 +9,12 @@ SIZE = (64, 64)  # small cache: decoding dominates, and the counts/masks do not 
 
 
 @pytest.fixture(scope="session")
-def real(shared_dir, tmp_path_factory):
+def real(shared_dir, real_cache_dir):
     """(kvasir dir, busi dir, cache dir)."""
     data = shared_dir / "data"
     if not (data / "Kvasir-SEG").is_dir() or not (data / "BUSI").is_dir():
         pytest.skip("../shared/data has no Kvasir-SEG/BUSI copy")
-    return data / "Kvasir-SEG", data / "BUSI", tmp_path_factory.mktemp("real_cache")
+    return data / "Kvasir-SEG", data / "BUSI", real_cache_dir
 
 
 def _load(name, path, split, cache, **kw):
