@@ -152,6 +152,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
 
     progress = writers.Progress(total_steps, start, enabled=is_main, log_every=config.log_every)
     epoch_losses: list[float] = []
+    last_eval: tuple[int, dict, dict] | None = None  # (step, summary, per-case) of the latest HD95 evaluation
     t_last = time.perf_counter()
     stopped_at = None
     try:
@@ -189,7 +190,10 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
                     jsonl.write(done, {"train/epoch_loss": float(np.mean(epoch_losses)), "epoch": epoch})
                 epoch_losses.clear()
                 if data.val_names and (epoch % config.eval_every == 0 or epoch == config.epochs):
-                    val, per_case = evaluate(state, bool(config.get("eval_hd95_every_eval", True)))
+                    with_hd95 = bool(config.get("eval_hd95_every_eval", True))
+                    val, per_case = evaluate(state, with_hd95)
+                    if with_hd95:
+                        last_eval = (done, val, per_case)
                     score = val[task.select_metric]
                     improved = score > meta["best_score"]  # strictly greater, as the reference
                     if improved:
@@ -216,7 +220,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
             tb.close()
         return {"stopped_at": stopped_at}
 
-    summary = _final_report(config, workdir, mngr, meta, data, state, evaluate)
+    summary = _final_report(config, workdir, mngr, meta, data, state, evaluate, last_eval)
     mngr.close()
     if tb is not None:
         tb.close()
@@ -230,16 +234,22 @@ def _fmt(val: dict, class_names) -> str:
     return " ".join(parts)
 
 
-def _final_report(config, workdir, mngr, meta, data, last_state, evaluate) -> dict:
-    """Evaluates the best-by-validation checkpoint (with HD95) and writes summary.json + per-case metrics."""
+def _final_report(config, workdir, mngr, meta, data, last_state, evaluate, last_eval) -> dict:
+    """Evaluates the best-by-validation checkpoint (with HD95) and writes summary.json + per-case metrics.
+
+    When the best checkpoint is the one this process just evaluated with HD95, those numbers are reused.
+    """
     best = meta.get("best_step")
-    if best is not None:
+    rows, per_case = {}, {}
+    if best is not None and last_eval is not None and last_eval[0] == best:
+        state, label = last_state, f"best validation dice (epoch {meta['best_epoch']}, step {best})"
+        rows["val"], per_case = last_eval[1], last_eval[2]
+    elif best is not None:
         state, _, _ = checkpoint.restore(mngr, best, checkpoint.abstract_like(last_state, last_state.step.sharding))
         label = f"best validation dice (epoch {meta['best_epoch']}, step {best})"
     else:
         state, label = last_state, "last step (no validation cases)"
-    rows, per_case = {}, {}
-    if data.val_names:
+    if data.val_names and not rows:
         rows["val"], per_case = evaluate(state, True)
     protocol = "selected and reported on validation (the reference protocol, §6; no held-out test split)"
     summary = {"checkpoint": label, "protocol": protocol, "steps": int(jax.device_get(last_state.step)),
