@@ -161,8 +161,11 @@ def evaluate_3d(loaded: loading.Loaded, args: argparse.Namespace) -> tuple[dict[
         for key, value in (("dataset", args.dataset), ("data_dir", args.data_dir), ("cache_dir", args.cache_dir)):
             if value is not None:
                 cfg[key] = value
+    split = args.split or "val"
+    if split not in ("val", "train"):
+        raise ValueError(f"3D runs are evaluated on their 'val' or 'train' cases, got --split {split!r}")
     data = seg3d.prepare_data(cfg)
-    names = data.val_names if (args.split or "val") == "val" else data.train_names
+    names = data.val_names if split == "val" else data.train_names
     roi = tuple(int(s) for s in cfg.patch.patch_size)
     graphdef, params, model_state = loading.split_model(loaded.model)
     predict = seg3d.make_volume_predictor(graphdef, roi_size=roi, overlap=float(cfg.get("sw_overlap", 0.5)),
@@ -182,7 +185,7 @@ def evaluate_3d(loaded: loading.Loaded, args: argparse.Namespace) -> tuple[dict[
     for k in ("dice", "hd95", "dice_class_mean", "hd95_class_mean"):
         if k in summary:
             metrics[k] = {"mean": summary[k], "std": float("nan")}
-    return {"dataset": cfg.dataset, "split": args.split or "val", "count": len(rows), "metrics": metrics,
+    return {"dataset": cfg.dataset, "split": split, "count": len(rows), "metrics": metrics,
             "report_metrics": ["dice", "hd95"]}, rows
 
 
