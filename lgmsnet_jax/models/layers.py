@@ -303,9 +303,12 @@ def upsample2x(x: jax.Array) -> jax.Array:
 
 def max_pool2x(x: jax.Array) -> jax.Array:
     """MaxPool kernel 2, stride 2, VALID over every spatial axis."""
-    ndim = x.ndim - 2
-    window = (1,) + (2,) * ndim + (1,)
-    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, window, window, "VALID")
+    n, *spatial, c = x.shape
+    x = x[(slice(None),) + tuple(slice(0, 2 * (s // 2)) for s in spatial)]  # floor mode, as PyTorch
+    split = []
+    for s in spatial:
+        split += [s // 2, 2]
+    return x.reshape(n, *split, c).max(axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
 
 
 def split_channels(x: jax.Array, sizes: Sequence[int]) -> list[jax.Array]:

@@ -155,7 +155,15 @@ class LGMSNet(nnx.Module):
             capture.update({f"{name}.{k}": v for k, v in sub.items()})
             return y
         if self.remat:
-            return nnx.remat(lambda m, a: m(a, train))(module, x)
+            # jax.checkpoint over a pure function of the stage's state; BatchNorm running stats come back out.
+            graphdef, state = nnx.split(module)
+
+            def pure(state, a):
+                m = nnx.merge(graphdef, state)
+                return m(a, train), nnx.state(m, nnx.BatchStat)
+            y, stats = jax.checkpoint(pure)(state, x)
+            nnx.update(module, stats)
+            return y
         return module(x, train)
 
     def __call__(self, x: jax.Array, train: bool | None = None, *, capture: dict | None = None) -> jax.Array:

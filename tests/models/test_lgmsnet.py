@@ -47,9 +47,9 @@ def test_other_configs_build_and_trace(ndim, cin, k, kw, shape):
         assert model.encoder4.conv_branch is None
 
 
-@pytest.mark.parametrize("index", [2, 3, 4])
+@pytest.mark.parametrize("index", [3, 4])
 def test_ablation_and_3d_configs_run(index):
-    """Pure-conv and pure-transformer GMS and a non-cubic 3D input give finite, input-dependent logits."""
+    """Pure-transformer GMS and a non-cubic 3D input give finite, input-dependent logits (compile ~15 s each)."""
     ndim, cin, k, kw, shape = CONFIGS[index]
     model = build_model("lgmsnet", ndim=ndim, in_channels=cin, num_classes=k, **{**TINY, **kw})
     fn, state = _eval_fn(model, train=True)
@@ -150,22 +150,34 @@ def test_bf16_block_is_close_to_f32(block):
 
 
 def test_remat_gives_identical_outputs_and_gradients():
-    x = _input((2, 32, 32, 3))
+    """Checkpointed stages (an LMS stage and a GMS stage, through LGMSNet._stage) give the same values, gradients
+    and BatchNorm updates. Two stages, not the whole net: a full-model backward compile costs ~1 min on 2 cores."""
+    x = _input((2, 32, 32, 4))
     results = []
     for remat in (False, True):
         model = build_model("lgmsnet", seed=2, remat=remat, **TINY)
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        graphdef, state = nnx.split(model)
 
-        def loss(p, r, a):
-            y = nnx.merge(graphdef, p, r)(a, train=True)
-            return jnp.mean(y ** 2), y
-        (value, y), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, rest, x)
-        results.append((np.asarray(y), jax.tree.leaves(grads)))
-    (y0, g0), (y1, g1) = results
+        @jax.jit
+        def step(state, a):
+            m = nnx.merge(graphdef, state)
+
+            def loss(m):
+                y = m._stage("encoder4", m._stage("encoder2", a, True, None)[..., :8], True, None)
+                return jnp.mean(y ** 2), y
+            (_, y), grads = nnx.value_and_grad(loss, has_aux=True)(m)
+            return y, grads, nnx.state(m, nnx.BatchStat)
+        y, grads, stats = step(state, x)
+        results.append((np.asarray(y), jax.tree.leaves(grads), jax.tree.leaves(stats)))
+    (y0, g0, s0), (y1, g1, s1) = results
     np.testing.assert_allclose(y1, y0, atol=1e-6, rtol=0)
-    assert len(g0) == len(g1) and any(np.abs(g).max() > 0 for g in g0)
+    assert len(g0) == len(g1) and sum(np.abs(g).max() > 0 for g in g0) > 20
     for a, b in zip(g0, g1):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5)
+    # remat must still carry the BatchNorm running-stat updates out of the checkpointed stages
+    for a, b in zip(s0, s1):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-6)
+    assert any(np.abs(np.asarray(a) - 1).max() > 1e-3 for a in s0)
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
