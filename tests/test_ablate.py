@@ -10,7 +10,7 @@ from flax import nnx
 from PIL import Image
 
 from lgmsnet_jax.ablation import ensemble, grid as grid_lib, report, runner
-from lgmsnet_jax.models import build_model, layers, register_model
+from lgmsnet_jax.models import build_model, layers, register_model, registered_models
 from lgmsnet_jax.training import loop, losses, optim, tasks
 from lgmsnet_jax.training import step as step_lib
 from lgmsnet_jax.training.state import create_train_state
@@ -182,3 +182,31 @@ def test_aggregate_reports_mean_and_sample_std_over_seeds(tmp_path):
     assert rows[0]["n"] == 1 and rows[0]["iou_std"] == 0.0
     assert "| a | 2 | 10 | 60.00 ± 14.14 |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "summary.csv").read_text().splitlines()[2] == "a,{},2,10,0.600000,0.141421"
+
+
+@pytest.mark.parametrize("name", ["kernel_groups", "tc_ratio", "migration"])
+@pytest.mark.parametrize("arg", ["", ":smoke"])
+def test_paper_ablation_configs_resolve_to_valid_settings(name, arg):
+    ablation = grid_lib.load_config_file(f"configs/ablations/{name}.py{arg}", runner.REPO_ROOT)
+    g = grid_lib.parse_grid(ablation)
+    base = runner.resolve_base(ablation)
+    assert [m.values["seed"] for m in g.members] == [41, 42, 43]
+    assert base.dataset == ("synthetic" if arg else "busi") and (arg or base.fold == 1)
+    assert base.epochs == (2 if arg else 30) and base.optim.lr == (0.05 if arg else 0.02)
+    configs = {s.name: runner.setting_config(base, s) for s in g.settings}
+    if name == "kernel_groups":
+        assert {n: c.model.kernels for n, c in configs.items()} == {
+            "k3333": (3, 3, 3, 3), "k5555": (5, 5, 5, 5), "k7777": (7, 7, 7, 7), "k3579": (3, 5, 7, 9)}
+    elif name == "tc_ratio":
+        dims = configs["tc3_1"].model.dims
+        widths = (dims[3], dims[4], dims[3], dims[2])
+        for q, n in enumerate(["tc0_4", "tc1_3", "tc2_2", "tc3_1", "tc4_0"]):
+            splits = configs[n].model.gms_splits
+            assert [t + s for t, s in splits] == list(widths) and [4 * t for t, _ in splits] == [q * w for w in widths]
+        if not arg:
+            assert configs["tc3_1"].model.gms_splits == ((96, 32), (96, 32), (96, 32), (48, 16))  # the published
+    else:
+        assert [c.model_name for c in configs.values()] == [s.name for s in g.settings]
+        assert all(c.model_name in registered_models() for c in configs.values())
+        assert "tinyunet_gms" not in configs  # unresolved (baselines.md §4.2)
+        assert dict(configs["unet"].model) == ({} if not arg else {"dims": (4, 8, 8, 8, 8)})

@@ -77,8 +77,8 @@ def write_csv(rows: Sequence[dict[str, Any]], metrics: Sequence[str], path: path
 
 
 def to_markdown(rows: Sequence[dict[str, Any]], metrics: Sequence[str], *, scale: float = 100.0,
-                title: str = "") -> str:
-    """Markdown table with "mean ± std" cells (metrics × `scale`, i.e. percent by default)."""
+                title: str = "", note: str = "") -> str:
+    """Markdown table with "mean ± std" cells (metrics × `scale`, i.e. percent by default) and a note below."""
     head = ["setting", "n", "params"] + [m for m in metrics]
     lines = ([f"### {title}", ""] if title else []) + ["| " + " | ".join(head) + " |",
                                                         "|" + "---|" * len(head)]
@@ -86,7 +86,17 @@ def to_markdown(rows: Sequence[dict[str, Any]], metrics: Sequence[str], *, scale
         params = f"{r['params']:,}" if isinstance(r["params"], int) else "-"
         cells = [f"{scale * r[f'{m}_mean']:.2f} ± {scale * r[f'{m}_std']:.2f}" for m in metrics]
         lines.append("| " + " | ".join([_label(r), str(r["n"]), params] + cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ([""] + [note] if note else [])) + "\n"
+
+
+def describe(results: Sequence[dict[str, Any]]) -> str:
+    """One line on what the numbers are: data, schedule, protocol and the std convention."""
+    if not results:
+        return ""
+    keys = ("dataset", "fold", "epochs", "protocol")
+    seen = {k: sorted({str(r.get(k)) for r in results}) for k in keys}
+    parts = [f"{k}: {', '.join(v)}" for k, v in seen.items() if v != ["None"]]
+    return "; ".join(parts) + "; mean ± sample std (ddof = 1) over seeds, in %."
 
 
 def plot(rows: Sequence[dict[str, Any]], metric: str, path: pathlib.Path, *, title: str = "",
@@ -118,8 +128,9 @@ def plot(rows: Sequence[dict[str, Any]], metric: str, path: pathlib.Path, *, tit
         y = top + i * (bar_h + gap)
         d.text((12, y + 5), label, fill="black", font=font)
         d.rectangle([left, y, x_of(m), y + bar_h], fill=(70, 120, 190))
-        d.line([x_of(m - s), y + bar_h / 2, x_of(m + s), y + bar_h / 2], fill="black", width=2)
-        for v in (m - s, m + s):
+        lo_w, hi_w = max(m - s, lo), min(m + s, hi)  # whiskers clipped to the axis
+        d.line([x_of(lo_w), y + bar_h / 2, x_of(hi_w), y + bar_h / 2], fill="black", width=2)
+        for v in (lo_w, hi_w):
             d.line([x_of(v), y + 4, x_of(v), y + bar_h - 4], fill="black", width=2)
         d.text((x_of(m + s) + 6, y + 5), f"{m:.2f} ± {s:.2f}", fill="black", font=font)
     y_axis = top + len(rows) * (bar_h + gap) + 5
@@ -151,7 +162,7 @@ def write_report(workdir: pathlib.Path, metrics: Sequence[str] = ("iou", "f1"), 
     if not rows:
         return rows
     write_csv(rows, metrics, workdir / "summary.csv")
-    (workdir / "summary.md").write_text(to_markdown(rows, metrics, title=title))
+    (workdir / "summary.md").write_text(to_markdown(rows, metrics, title=title, note=describe(results)))
     for m in metrics:
         plot(rows, m, workdir / f"summary_{m}.png", title=f"{title} {m} (mean ± std over seeds)".strip())
     return rows

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 
 from lgmsnet_jax.ablation import ensemble, grid as grid_lib, report
@@ -68,12 +69,16 @@ def write_result(path: pathlib.Path, result: dict[str, Any]) -> None:
 class _Member:
     """Host-side bookkeeping of one member while its group trains."""
 
-    def __init__(self, member: grid_lib.Member, config, directory: pathlib.Path):
+    def __init__(self, member: grid_lib.Member, config, directory: pathlib.Path, keep_best: bool):
         self.member, self.config, self.dir = member, config, directory
         self.meta = {"best_score": checkpoint.NOT_BEST, "best_step": None, "best_epoch": None, "best_val": None,
                      "last_val": None, "diverged_at": None}
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.mngr = checkpoint.make_manager(self.dir)
+        if keep_best:  # a test split is evaluated at the end with the best-on-validation weights
+            self.mngr = checkpoint.make_manager(self.dir)
+        else:  # only the resume point: the grid's disk use stays at one state per member
+            self.mngr = ocp.CheckpointManager((self.dir / checkpoint.CKPT_DIR).absolute(),
+                                              options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
         self.jsonl = writers.JsonlWriter(self.dir / "metrics.jsonl")
         self.iterator = None
 
@@ -109,7 +114,8 @@ def train_setting(config, setting: grid_lib.Setting, members: Sequence[grid_lib.
 
     if jax.process_count() > 1:
         raise NotImplementedError("ablation ensembles run in one process (spread members over its devices)")
-    book = [_Member(m, member_config(config, m), setting_dir / m.name) for m in members]
+    keep_best = config.splits.get("test") is not None
+    book = [_Member(m, member_config(config, m), setting_dir / m.name, keep_best) for m in members]
     todo = [b for b in book if not b.finished]
     if not todo:
         return "done"
@@ -311,7 +317,10 @@ def run_grid(ablation: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
         if only and setting.name not in only:
             out[setting.name] = "skipped"
             continue
-        if deadline is not None and time.monotonic() > deadline:
+        finished = all((workdir / setting.name / m.name / report.RESULT_FILE).exists() for m in grid.members)
+        # A new setting compiles first: do not start one that cannot reach its first checkpoint in time.
+        if not finished and deadline is not None and \
+                time.monotonic() > deadline - ablation.get("min_setting_start_s", 0.0):
             out[setting.name] = "interrupted"
             continue
         config = setting_config(base, setting)
