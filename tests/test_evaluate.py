@@ -158,6 +158,17 @@ def test_converted_checkpoint_gives_the_same_metrics_as_its_run(capsys, run_dir,
     with open(rep["csv"], newline="") as f:
         b = {r["id"]: float(r["iou"]) for r in csv.DictReader(f)}
     assert len(b) == 32 and all(b[i] == pytest.approx(a[i], abs=1e-6) for i in a)
+    # A converted checkpoint carries no dataset: asking for one is an error, not a guess.
+    assert evaluate.main(["--workdir", str(tmp_path / "conv")]) == 2
+    assert "--dataset is required for a converted reference checkpoint" in capsys.readouterr().err
+
+
+def test_readable_report_names_model_split_and_metrics(capsys, run_dir, tmp_path):
+    assert evaluate.main(["--workdir", str(run_dir), "--split", "val", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    step = re.fullmatch(rf"{re.escape(str(run_dir))} step (\d+) \(best\) on synthetic/val: 16 images", lines[0])
+    assert step and re.match(r"IOU 0\.\d{4} \+- 0\.\d{4}  F1 ", lines[1])
+    assert lines[2].endswith(f"synthetic-val-step{step.group(1)}.csv")
 
 
 def test_unknown_checkpoint_step_is_a_clear_error(capsys, run_dir):
