@@ -69,6 +69,42 @@ SETTINGS = {
 }
 
 
+# The speed issue's targets, for the default sizes and batches only (2D 256^2: latency batch 1, inference batch 32,
+# train batch 16 per device; 3D 96^3: inference batch 4, train batch 1): (name, ndim, row field, better, bound).
+TARGETS = (
+    ("2d_train_img_per_s", 2, "train_per_s", "max", 1000.0),
+    ("2d_latency_ms", 2, "latency_ms", "min", 1.5),
+    ("2d_infer_img_per_s", 2, "infer_per_s", "max", 4000.0),
+    ("3d_train_patches_per_s", 3, "train_per_s", "max", 30.0),
+    ("3d_infer_patches_per_s", 3, "infer_per_s", "max", 200.0),
+    ("2d_dp_scaling", 2, "dp_scaling", "max", 0.90),
+)
+
+
+def check_targets(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The best row per target (any dtype / implementation) and whether it meets the bound.
+
+    Only rows measured at the default size and batches count; a target without such a row is reported with
+    value None and met None.
+    """
+    out = {}
+    for name, ndim, field, better, bound in TARGETS:
+        d = SETTINGS[ndim]
+        batch_field = {"latency_ms": "latency_batch", "infer_per_s": "infer_batch"}.get(field, "train_batch")
+        default_batch = {"latency_batch": d.latency_batch, "infer_batch": d.infer_batch,
+                         "train_batch": d.train_batch}[batch_field]
+        rows = [r for r in results if r["ndim"] == ndim and r.get(field) is not None and r["size"] == d.size
+                and r.get(batch_field if field != "dp_scaling" else "dp_batch_per_device") == default_batch]
+        if not rows:
+            out[name] = {"value": None, "bound": bound, "met": None, "row": None}
+            continue
+        pick = (max if better == "max" else min)(rows, key=lambda r: r[field])
+        value = pick[field]
+        out[name] = {"value": value, "bound": bound, "met": bool(value >= bound if better == "max" else value <= bound),
+                     "row": f"{pick['dtype']}/{pick['depthwise_impl']}"}
+    return out
+
+
 def _task(name: str) -> tasks.Task:
     if name == "seg_3d":
         import lgmsnet_jax.training.seg3d  # noqa: F401,PLC0415  registers "seg_3d" (pulls in the 3D data code)
@@ -330,6 +366,10 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"{r['ndim']:>2} {r['dtype']:>5} {r['depthwise_impl']:>14} {r['params']:>10,} "
                      f"{_fmt(r['gflops_per_example'], '.2f'):>7} {lat:>12} {inf:>14} {trn:>14} {dp:>20} "
                      f"{_mib(r.get('train_step_memory_bytes')):>9} {_mib(r['peak_memory_bytes']):>9}")
+    checked = {k: v for k, v in report.get("targets", {}).items() if v["met"] is not None}
+    if checked:
+        lines.append("targets: " + "; ".join(f"{k} {v['value']:,.2f} ({'met' if v['met'] else 'MISSED'}, bound "
+                                             f"{v['bound']:g}, {v['row']})" for k, v in checked.items()))
     units = sorted({r["unit"] for r in report["results"]})
     lines.append(f"throughput in {' / '.join(units)} (2D / 3D); median of {report['settings']['steps']} timed calls "
                  f"after {report['settings']['warmup']} warm-up calls; 'train MiB' = XLA's estimate for the step")
@@ -422,7 +462,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for dtype in args.dtypes:
             for impl in args.impls:
                 results.append(benchmark_row(ndim, dtype, impl, args))
-    return {"device": device_info(), "settings": settings, "results": results}
+    return {"device": device_info(), "settings": settings, "results": results, "targets": check_targets(results)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

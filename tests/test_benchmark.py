@@ -58,6 +58,8 @@ def test_benchmark_json_has_every_field_for_both_dtypes_and_data_parallel(capsys
                          "--train_batch", "2", "--devices", "2", "--output", str(tmp_path / "b.json"),
                          "--profile", str(tmp_path / "prof"), "--profile_steps", "1")
     assert json.loads((tmp_path / "b.json").read_text()) == report
+    assert set(report) == {"device", "settings", "results", "targets"}
+    assert all(v["met"] is None for v in report["targets"].values())  # tiny sizes are not the targets' settings
     assert report["device"]["device_kind"] == jax.devices()[0].device_kind and report["device"]["platform"] == "cpu"
     assert [r["dtype"] for r in report["results"]] == ["fp32", "bf16"]
     for r in report["results"]:
@@ -158,3 +160,23 @@ def test_packed_state_unpacks_to_every_leaf_inside_jit():
             a, b = jax.random.key_data(a), jax.random.key_data(b)
         assert a.dtype == b.dtype and a.shape == b.shape, path
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+
+
+def test_targets_use_the_best_row_at_default_settings_only():
+    def row(**kw):
+        base = dict(ndim=2, dtype="fp32", depthwise_impl="xla", size=256, latency_batch=1, infer_batch=32,
+                    train_batch=16, dp_batch_per_device=16, latency_ms=2.0, infer_per_s=3000.0, train_per_s=900.0,
+                    dp_scaling=0.95)
+        return base | kw
+
+    rows = [row(), row(dtype="bf16", latency_ms=1.2, train_per_s=1100.0, infer_per_s=3900.0, dp_scaling=0.85),
+            row(size=64, infer_per_s=90000.0),  # not the target's size: ignored
+            row(ndim=3, size=96, infer_batch=4, train_batch=1, dp_batch_per_device=1, train_per_s=31.0,
+                infer_per_s=150.0, latency_ms=9.0, dp_scaling=None)]
+    t = benchmark.check_targets(rows)
+    assert t["2d_train_img_per_s"] == {"value": 1100.0, "bound": 1000.0, "met": True, "row": "bf16/xla"}
+    assert t["2d_latency_ms"]["value"] == 1.2 and t["2d_latency_ms"]["met"]
+    assert t["2d_infer_img_per_s"]["value"] == 3900.0 and t["2d_infer_img_per_s"]["met"] is False
+    assert t["2d_dp_scaling"]["value"] == 0.95 and t["2d_dp_scaling"]["row"] == "fp32/xla"
+    assert t["3d_train_patches_per_s"]["met"] and t["3d_infer_patches_per_s"]["met"] is False
+    assert benchmark.check_targets([row(size=64)])["2d_train_img_per_s"]["met"] is None
