@@ -270,7 +270,16 @@ def _per_second(batch: int, ms: float) -> float:
 
 
 def benchmark_row(ndim: int, dtype: str, depthwise_impl: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Every measurement of one (ndim, dtype, depthwise_impl) configuration; see `main` for the fields."""
+    """Every measurement of one (ndim, dtype, depthwise_impl) configuration.
+
+    Returns:
+      A flat dict: ndim, dtype, depthwise_impl, attention_impl, size, unit, in_channels, num_classes, params,
+      state_arrays, inference_args, gflops_per_example; latency_{batch, ms, ms_p10, ms_p90, compile_s};
+      infer_{batch, per_s, per_s_p10, per_s_p90, ms, compile_s}; train_{batch, per_s, per_s_p10, per_s_p90, step_ms,
+      compile_s, step_memory_bytes}; dp_{devices, batch_per_device, per_s, step_ms, scaling, compile_s} (None with
+      --devices 1); peak_memory_bytes (the device's peak since the process started, or "n/a"). Groups left out
+      of --measure are absent.
+    """
     s = dataclasses.replace(SETTINGS[ndim], **{k: v for k, v in (
         ("size", args.size), ("latency_batch", args.latency_batch), ("infer_batch", args.infer_batch),
         ("train_batch", args.train_batch)) if v is not None})
