@@ -1,5 +1,8 @@
 """Ablation grids: ensemble == separate runs, per-member lr / loss weights, resumable grid, table and plot."""
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -210,3 +213,20 @@ def test_paper_ablation_configs_resolve_to_valid_settings(name, arg):
         assert all(c.model_name in registered_models() for c in configs.values())
         assert "tinyunet_gms" not in configs  # unresolved (baselines.md §4.2)
         assert dict(configs["unet"].model) == ({} if not arg else {"dims": (4, 8, 8, 8, 8)})
+
+
+def test_ablate_command_runs_a_smoke_grid_end_to_end(tmp_path):
+    """`python -m lgmsnet_jax.ablate` on the migration grid's narrow U-Net setting: 2 seeds on generated data."""
+    work = tmp_path / "grid"
+    cmd = [sys.executable, "-m", "lgmsnet_jax.ablate",
+           "--config", "configs/ablations/migration.py:smoke,seeds=2,epochs=1",
+           "--workdir", str(work), "--only", "unet", "--num_cpu_devices", "2"]
+    proc = subprocess.run(cmd, cwd=runner.REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| unet | 2 | 12,677 |" in proc.stdout  # U-Net at dims (4, 8, 8, 8, 8), both seeds aggregated
+    for seed in (41, 42):
+        result = json.loads((work / "unet" / f"seed={seed}" / report.RESULT_FILE).read_text())
+        assert result["epochs"] == 1 and result["steps"] == 2 and result["values"] == {"seed": seed}
+    assert json.loads((work / runner.ABLATION_FILE).read_text())["base_config"] == "configs/demo.py:smoke"
+    assert not (work / "tinyunet").exists()  # --only
