@@ -146,13 +146,14 @@ def test_four_member_seed_ensemble_gives_the_losses_of_four_separate_runs(tmp_pa
 
 
 def test_grid_resumes_without_redoing_finished_members(tmp_path):
-    ablation = _ablation({"w4": {}, "w8": {"model": {"width": 8}}}, {"seed": (0, 1)})
+    # 3 members on the 2 test devices: the ensemble is padded to 4 (the padding member is never reported).
+    ablation = _ablation({"w4": {}, "w8": {"model": {"width": 8}}}, {"seed": (0, 1, 2)})
     work = tmp_path / "grid"
     calls: list[tuple[str, int]] = []
     hook = lambda name, step, losses_: calls.append((name, step))  # noqa: E731
     assert runner.run_grid(ablation, work, only=["w4"], on_step=hook) == {"w4": "done", "w8": "skipped"}
     finished = {p: p.stat().st_mtime_ns for p in (work / "w4").glob(f"*/{report.RESULT_FILE}")}
-    assert len(finished) == 2
+    assert len(finished) == 3
     calls.clear()
     # Second invocation stops w8 after one step (a time budget does the same at an epoch boundary).
     assert runner.run_grid(ablation, work, stop_after_steps=1, on_step=hook) == {"w4": "done", "w8": "interrupted"}
@@ -164,12 +165,12 @@ def test_grid_resumes_without_redoing_finished_members(tmp_path):
     # The resumed members equal an uninterrupted run of the same setting.
     ref: dict[int, list] = {}
     runner.run_grid(ablation, tmp_path / "ref", only=["w8"], on_step=lambda n, s, l: ref.setdefault(s, list(l)))
-    for member in ("seed=0", "seed=1"):
+    for member in ("seed=0", "seed=1", "seed=2"):
         a = json.loads((work / "w8" / member / report.RESULT_FILE).read_text())
         b = json.loads((tmp_path / "ref" / "w8" / member / report.RESULT_FILE).read_text())
         assert a["val_last"] == pytest.approx(b["val_last"], rel=1e-5)
     rows = [line for line in (work / "summary.md").read_text().splitlines() if line.startswith("| w")]
-    assert [r.split("|")[1].strip() for r in rows] == ["w4", "w8"] and all("| 2 |" in r for r in rows)
+    assert [r.split("|")[1].strip() for r in rows] == ["w4", "w8"] and all("| 3 |" in r for r in rows)
     assert Image.open(work / "summary_iou.png").size[0] > 100
 
 
