@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import pathlib
 from collections.abc import Sequence
 from typing import Any

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from lgmsnet_jax.models import build_model, count_params, registered_models
-from lgmsnet_jax.models.baselines import BASELINES, CMRF, CMUNeXt, TinyUNet, UNet, _ops, stages
+from lgmsnet_jax.models.baselines import BASELINES, CMRF, _ops, stages
 from lgmsnet_jax.models.baselines import cmunext as cmunext_lib
 from lgmsnet_jax.models.baselines import unet as unet_lib
 from lgmsnet_jax.models.baselines import migrations
