@@ -172,6 +172,11 @@ def test_grid_resumes_without_redoing_finished_members(tmp_path):
     rows = [line for line in (work / "summary.md").read_text().splitlines() if line.startswith("| w")]
     assert [r.split("|")[1].strip() for r in rows] == ["w4", "w8"] and all("| 3 |" in r for r in rows)
     assert Image.open(work / "summary_iou.png").size[0] > 100
+    # A spent time budget starts nothing: finished settings stay "done", a fresh grid is left for the next call.
+    assert runner.run_grid(ablation, work, time_budget_s=0.0) == {"w4": "done", "w8": "done"}
+    assert runner.run_grid(ablation, tmp_path / "fresh", time_budget_s=0.0) == {"w4": "interrupted",
+                                                                                 "w8": "interrupted"}
+    assert not (tmp_path / "fresh" / "w4").exists()
 
 
 def test_aggregate_reports_mean_and_sample_std_over_seeds(tmp_path):

@@ -54,6 +54,8 @@ def ablation_config(arg: str | None, config_file: str, *, epochs: int, eval_ever
     c.base_overrides.eval_every = 1 if smoke else eval_every
     # Where the data lives on this machine: --config.base_overrides.data_dir=/path (unset keeps the base's).
     c.base_overrides.data_dir = config_dict.placeholder(str)
+    c.base_overrides.cache_dir = config_dict.placeholder(str)  # decoded-data cache
+    c.base_overrides.num_workers = config_dict.placeholder(int)  # Grain worker processes per member stream
     c.members = ml_collections.ConfigDict({"seed": tuple(REFERENCE_SEED + i for i in range(num_seeds))})
     c.report_metrics = ("iou", "f1")
     # Do not start a new setting with less time than this left (compile + one epoch on one H200, with margin).

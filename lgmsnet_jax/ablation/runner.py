@@ -246,8 +246,9 @@ def _train_group(config, group: list[_Member], states: list, graphdef, task, tx_
             b.meta["last_val"] = vals[i]
             b.jsonl.write(done, {f"val/{k}": v for k, v in vals[i].items()} | {"epoch": epoch})
             scores.append(score if improved else checkpoint.NOT_BEST)
-        logging.info("setting %s epoch %d val %s: %s", setting.name, epoch, task.select_metric,
-                     " ".join(f"{v[task.select_metric]:.4f}" for v in vals))
+        logging.info("setting %s epoch %d/%d val %s: %s (%.1f s since start, last epoch %s s)", setting.name, epoch,
+                     config.epochs, task.select_metric, " ".join(f"{v[task.select_metric]:.4f}" for v in vals),
+                     time.monotonic() - t0, "-" if epoch_time is None else f"{epoch_time:.1f}")
         save(done, scores)
     test_rows = _test_best(config, group, state, steps, evaluate, sources) if sources.get("test") else None
     for i, b in enumerate(group):
