@@ -79,3 +79,14 @@ def test_bf16_compute_keeps_f32_params_loss_and_metrics(tiny_model, seg_batch):
     assert {x.dtype for x in jax.tree.leaves(st.params)} == {jnp.dtype(jnp.float32)}
     sums, pics = evaluate(st, batch | {"valid": jnp.ones((4,), jnp.float32)})
     assert sums["iou"].dtype == jnp.float32 and pics.dtype == jnp.float32
+
+
+def test_train_step_makes_no_implicit_host_transfers(tiny_model, seg_batch):
+    graphdef, st, tx, sched = _setup(tiny_model())
+    train, _ = step_lib.jit_steps(graphdef, task=tasks.binary_seg_2d(), tx=tx, schedule=sched)
+    batch = seg_batch()
+    st, _ = train(st, batch)  # compile outside the guard
+    with jax.transfer_guard("disallow"):  # as big_vision runs its update_fn
+        for _ in range(2):
+            st, m = train(st, batch)
+    assert int(st.step) == 3 and np.isfinite(float(m["loss"]))
