@@ -39,7 +39,7 @@ def lr_scaled(tx_for_schedule: Callable[[optax.Schedule], optax.GradientTransfor
     Args:
       tx_for_schedule: builds the recipe optimizer from a schedule (e.g. `optim.build_optimizer("sgd", s)`).
       unit_schedule: the recipe schedule for a peak learning rate of 1.
-      lr: this member's peak learning rate (only its value in `init` matters; see `set_member_lr`).
+      lr: this member's peak learning rate, stored by `init`; the compiled update reads it from each state.
 
     Returns:
       An optax transformation whose state holds `hyperparams["step_size"] = lr` in its last element.
