@@ -157,6 +157,9 @@ def evaluate_3d(loaded: loading.Loaded, args: argparse.Namespace) -> tuple[dict[
     from lgmsnet_jax.training import seg3d  # noqa: PLC0415
 
     cfg = loaded.config
+    if "sw" not in cfg:
+        raise ValueError("3D evaluation needs a 3D train.py workdir (config.sw, preprocess, split); a converted 3D "
+                         "checkpoint can segment volumes with lgmsnet_jax.predict")
     with cfg.unlocked():
         for key, value in (("dataset", args.dataset), ("data_dir", args.data_dir), ("cache_dir", args.cache_dir)):
             if value is not None:
@@ -164,13 +167,17 @@ def evaluate_3d(loaded: loading.Loaded, args: argparse.Namespace) -> tuple[dict[
     split = args.split or "val"
     if split not in ("val", "train"):
         raise ValueError(f"3D runs are evaluated on their 'val' or 'train' cases, got --split {split!r}")
-    data = seg3d.prepare_data(cfg)
+    # The run's own split, case limits (smoke runs) and generated-split location, as loop3d prepares them.
+    data = seg3d.prepare_data(cfg, None if loading.is_converted(args.workdir) else args.workdir,
+                              max_train=cfg.get("max_train_examples") or None,
+                              max_val=cfg.get("max_eval_examples") or None)
     names = data.val_names if split == "val" else data.train_names
-    roi = tuple(int(s) for s in cfg.patch.patch_size)
+    # The run's own validation settings (config.sw), as loop3d validates.
+    sw = cfg.sw
+    roi = tuple(int(s) for s in sw.roi_size)
     graphdef, params, model_state = loading.split_model(loaded.model)
-    predict = seg3d.make_volume_predictor(graphdef, roi_size=roi, overlap=float(cfg.get("sw_overlap", 0.5)),
-                                          mode=cfg.get("sw_mode", "constant"),
-                                          sw_batch_size=int(cfg.get("sw_batch_size", 4)))
+    predict = seg3d.make_volume_predictor(graphdef, roi_size=roi, overlap=float(sw.overlap), mode=sw.mode,
+                                          sw_batch_size=int(sw.sw_batch_size))
     shapes = [seg3d.preprocess3d.load_cached(data.cache_dir, n)["meta"]["shape"] for n in names]
     summary, table = seg3d.evaluate(predict, params, model_state, data, num_classes=cfg.num_classes,
                                     canvas=seg3d.canvas_shape(shapes, roi), names=names)

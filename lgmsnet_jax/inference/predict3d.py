@@ -77,8 +77,7 @@ def predict_nifti(model: Any, config: Any, path: str | pathlib.Path, *, overlap:
 
     Args:
       model: eval-mode 3D model (multi-class logits).
-      config: the run's config (preprocess, patch.patch_size, sw_* keys) or a converted checkpoint's (image_size is
-        the window).
+      config: the run's config (preprocess, sw) or a converted checkpoint's (image_size is the window).
       path: .nii or .nii.gz file, 3D (or 4D with one channel).
       overlap, sw_batch_size: sliding-window settings (default: the run's, else 0.5 and 4).
 
@@ -109,13 +108,15 @@ def predict_nifti(model: Any, config: Any, path: str | pathlib.Path, *, overlap:
         ratio = np.asarray(pcfg.spacing_mm, np.float64) / old
         x, _, _ = preprocess3d.resample_to_spacing(x, None, ras_affine, pcfg.spacing_mm)
     x = preprocess3d.scale_intensity(x, pcfg)
-    # A run's window is its training patch; a converted checkpoint's is its image_size (default 96^3).
-    roi = tuple(int(s) for s in (config.patch.patch_size if "patch" in config else config.image_size))
+    # A run's window is its validation window (config.sw); a converted checkpoint's is its image_size (96^3 default)
+    # with the reference's settings (spec §6: overlap 0.5, constant weights, 4 windows per call).
+    sw = config.sw if "sw" in config else {"roi_size": config.image_size, "overlap": 0.5, "mode": "constant",
+                                           "sw_batch_size": 4}
+    roi = tuple(int(s) for s in sw["roi_size"])
     graphdef, params, rest = loading.split_model(model)
     predict = seg3d.make_volume_predictor(
-        graphdef, roi_size=roi, overlap=float(overlap if overlap is not None else config.get("sw_overlap", 0.5)),
-        mode=config.get("sw_mode", "constant"),
-        sw_batch_size=int(sw_batch_size or config.get("sw_batch_size", 4)))
+        graphdef, roi_size=roi, overlap=float(overlap if overlap is not None else sw["overlap"]), mode=sw["mode"],
+        sw_batch_size=int(sw_batch_size or sw["sw_batch_size"]))
     labels = np.asarray(predict(params, rest, jnp.asarray(x[None, ..., None], jnp.float32)))[0]
     labels = back_to_input_grid(labels.astype(np.uint8), ras_shape, affine, ratio)
     if labels.shape != data.shape:
