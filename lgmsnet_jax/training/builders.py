@@ -8,7 +8,6 @@ import pathlib
 from typing import Any
 
 import jax
-from absl import logging
 import jax.numpy as jnp
 import numpy as np
 import ml_collections
@@ -23,27 +22,9 @@ class DataMissingError(FileNotFoundError):
     """The dataset is not where the config says; the message shows the expected layout and where to get it."""
 
 
-def _ensure_differentiable_max_pool() -> None:
-    # TEMPORARY shim (reported to the lead): models/layers.py::max_pool2x passes its init value as a jnp array,
-    # which JAX does not recognise as the max monoid, so reduce_window has no VJP ("Linearization failed").
-    # Replace it with the scalar-init form only if the model's version cannot be differentiated.
-    from lgmsnet_jax.models import layers
-
-    try:
-        jax.eval_shape(jax.grad(lambda x: layers.max_pool2x(x).sum()), jax.ShapeDtypeStruct((1, 2, 2, 1), jnp.float32))
-    except ValueError:
-        def max_pool2x(x: jax.Array) -> jax.Array:
-            window = (1,) + (2,) * (x.ndim - 2) + (1,)
-            return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "VALID")
-
-        logging.warning("models.layers.max_pool2x is not differentiable; using a scalar-init reduce_window")
-        layers.max_pool2x = max_pool2x
-
-
 def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
     """`lgmsnet_jax.models.build_model(config.model_name, ..., **config.model)`; dtype strings become dtypes."""
     from lgmsnet_jax.models import build_model as _build  # models/ is imported lazily: configs stay light
-    _ensure_differentiable_max_pool()
     kwargs = dict(config.model.to_dict() if hasattr(config.model, "to_dict") else config.model)
     if isinstance(kwargs.get("dtype"), str):
         kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
