@@ -84,7 +84,8 @@ def test_weighted_loss_with_reference_weights_equals_bce_dice_loss():
     np.testing.assert_allclose(bce2, 2.0 * bce, rtol=1e-5)
 
 
-def test_lr_and_loss_weight_members_match_separate_steps():
+@pytest.mark.parametrize("member_loop", ["vmap", "map"])
+def test_lr_and_loss_weight_members_match_separate_steps(member_loop):
     """Two members differing in peak lr and BCE weight == two plain train_step runs with those constants."""
     hp = [(0.05, 0.5), (0.3, 2.0)]
     unit = optim.build_schedule("poly", lr=1.0, steps_per_epoch=3, epochs=1)
@@ -109,7 +110,7 @@ def test_lr_and_loss_weight_members_match_separate_steps():
               for lr, _ in hp]
     steps = ensemble.make_steps(graphdef, task=ensemble.ensemble_task(base_task),
                                 tx=ensemble.lr_scaled(tx_of, unit, 1.0), unit_schedule=unit,
-                                mesh=ensemble.member_mesh(2))
+                                mesh=ensemble.member_mesh(2), member_loop=member_loop)
     state, got = ensemble.put_members(ensemble.stack(states), steps), []
     for b in batches:
         stacked = {k: np.stack([v, v]) for k, v in b.items()}

@@ -60,6 +60,9 @@ def ablation_config(arg: str | None, config_file: str, *, epochs: int, eval_ever
     c.report_metrics = ("iou", "f1")
     # Do not start a new setting with less time than this left (compile + one epoch on one H200, with margin).
     c.min_setting_start_s = 150.0
+    # "vmap" trains the seeds as one batched program; "map" runs them in sequence inside it (lgmsnet_jax.ablation
+    # .ensemble.make_steps), a fallback if batched per-member convolutions turn out slow on the device.
+    c.member_loop = "vmap"
     c.smoke = smoke
     return c
 

@@ -140,8 +140,20 @@ class EnsembleSteps:
     state_sharding: NamedSharding
 
 
+MEMBER_LOOPS = ("vmap", "map")
+
+
+def _over_members(fn: Callable[..., Any], member_loop: str, shared_batch: bool) -> Callable[..., Any]:
+    if member_loop == "vmap":
+        return jax.vmap(fn, in_axes=(0, None if shared_batch else 0))
+    if shared_batch:  # lax.map: members one after another inside one program (no batched-weight convs)
+        return lambda state, batch: jax.lax.map(lambda st: fn(st, batch), state)
+    return lambda state, batch: jax.lax.map(lambda args: fn(*args), (state, batch))
+
+
 def make_steps(graphdef: nnx.GraphDef, *, task: Task, tx: optax.GradientTransformation,
-               unit_schedule: optax.Schedule, mesh: Mesh, compiler_options: dict | None = None) -> EnsembleSteps:
+               unit_schedule: optax.Schedule, mesh: Mesh, compiler_options: dict | None = None,
+               member_loop: str = "vmap") -> EnsembleSteps:
     """Vmapped (and, on several devices, shard_mapped) train and eval steps of `training.step`.
 
     Args:
@@ -151,10 +163,15 @@ def make_steps(graphdef: nnx.GraphDef, *, task: Task, tx: optax.GradientTransfor
       unit_schedule: schedule for lr 1; the reported "lr" is multiplied by the member's peak lr.
       mesh: from `member_mesh`.
       compiler_options: XLA options for both functions (the loop's fast-compile options on CPU).
+      member_loop: "vmap" (members batched: convs see per-member weights as feature groups) or "map"
+        (`lax.map`: members in sequence inside the same compiled step; a fallback if batched convs are slow on a
+        device). Both give each member the computation of a separate run.
 
     Returns:
       EnsembleSteps.
     """
+    if member_loop not in MEMBER_LOOPS:
+        raise ValueError(f"member_loop must be one of {MEMBER_LOOPS}, got {member_loop!r}")
     one_train = functools.partial(step_lib.train_step, graphdef, task=task, tx=tx, schedule=unit_schedule)
 
     def train(state, batch):
@@ -165,8 +182,8 @@ def make_steps(graphdef: nnx.GraphDef, *, task: Task, tx: optax.GradientTransfor
         sums, _ = step_lib.eval_step(graphdef, state, batch, task=task)
         return sums
 
-    train_v = jax.vmap(train, in_axes=(0, 0))
-    eval_v = jax.vmap(evaluate, in_axes=(0, None))
+    train_v = _over_members(train, member_loop, shared_batch=False)
+    eval_v = _over_members(evaluate, member_loop, shared_batch=True)
     spec = P(MEMBER_AXIS)
     if mesh.size > 1:
         train_v = jax.shard_map(train_v, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec))

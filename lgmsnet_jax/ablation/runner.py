@@ -93,7 +93,8 @@ def _epoch_of(step: int, steps_per_epoch: int) -> int:
 
 def train_setting(config, setting: grid_lib.Setting, members: Sequence[grid_lib.Member], setting_dir: pathlib.Path,
                   *, use_loss_weights: bool, deadline: float | None = None, stop_after_steps: int | None = None,
-                  devices=None, on_step: Callable[[int, np.ndarray], None] | None = None) -> str:
+                  devices=None, on_step: Callable[[int, np.ndarray], None] | None = None,
+                  member_loop: str = "vmap") -> str:
     """Trains the unfinished `members` of one setting as vmapped ensembles (one per resume step) to the end.
 
     Args:
@@ -106,6 +107,7 @@ def train_setting(config, setting: grid_lib.Setting, members: Sequence[grid_lib.
       stop_after_steps: train at most this many steps per group now (tests), then checkpoint and return.
       devices: devices for the member mesh (default all).
       on_step: test hook on_step(step, per-member losses (M,)) after each step.
+      member_loop: "vmap" or "map" (see `ensemble.make_steps`).
 
     Returns:
       "done" or "interrupted".
@@ -154,7 +156,8 @@ def train_setting(config, setting: grid_lib.Setting, members: Sequence[grid_lib.
         status = _train_group(config, [todo[i] for i in group], [states[i] for i in group], graphdef, task,
                                tx_of, unit, sources, start, total_steps, steps_per_epoch, setting, params,
                                use_loss_weights=use_loss_weights, deadline=deadline,
-                               stop_after_steps=stop_after_steps, devices=devices, on_step=on_step)
+                               stop_after_steps=stop_after_steps, devices=devices, on_step=on_step,
+                               member_loop=member_loop)
         if status == "interrupted":
             break
     for b in todo:
@@ -167,7 +170,7 @@ def train_setting(config, setting: grid_lib.Setting, members: Sequence[grid_lib.
 
 def _train_group(config, group: list[_Member], states: list, graphdef, task, tx_of, unit, sources, start: int,
                  total_steps: int, steps_per_epoch: int, setting: grid_lib.Setting, params: int, *,
-                 use_loss_weights: bool, deadline, stop_after_steps, devices, on_step) -> str:
+                 use_loss_weights: bool, deadline, stop_after_steps, devices, on_step, member_loop) -> str:
     import data_pipelines as dp
 
     n = len(group)
@@ -176,7 +179,7 @@ def _train_group(config, group: list[_Member], states: list, graphdef, task, tx_
     pad = list(range(n)) + [n - 1] * (padded - n)  # padding members repeat the last one; results unused
     compiler_options = loop.FAST_COMPILE_OPTIONS if config.get("fast_compile") else None
     steps = ensemble.make_steps(graphdef, task=task, tx=ensemble.lr_scaled(tx_of, unit, 1.0), unit_schedule=unit,
-                                mesh=mesh, compiler_options=compiler_options)
+                                mesh=mesh, compiler_options=compiler_options, member_loop=member_loop)
     state = ensemble.put_members(ensemble.stack([states[i] for i in pad]), steps)
     weights = [_loss_weights(group[i].member) for i in pad]
     eval_batch = config.get("eval_batch_size") or config.batch_size
@@ -332,7 +335,7 @@ def run_grid(ablation: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
             hook = None if on_step is None else (lambda step, losses, name=setting.name: on_step(name, step, losses))
             out[setting.name] = train_setting(config, setting, grid.members, sdir, use_loss_weights=use_loss_weights,
                                               deadline=deadline, stop_after_steps=stop_after_steps, devices=devices,
-                                              on_step=hook)
+                                              on_step=hook, member_loop=ablation.get("member_loop", "vmap"))
         report.write_report(workdir, tuple(ablation.get("report_metrics", ("iou", "f1"))), order=names,
                             title=ablation.get("title", ""), keep={(s.name, m.name) for s in grid.settings
                                                                      for m in grid.members})
