@@ -200,3 +200,16 @@ def test_evaluate_3d_run_reproduces_its_validation_report(shared_dir, tmp_path, 
     with open(rep["csv"], newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert row["id"] == "patient007_frame01" and set(row) >= {"dice/RV", "hd95/Myo"}
+    # The same run segments a NIfTI volume with its own preprocessing and window (predict's 3D path for a workdir).
+    import nibabel as nib
+
+    from lgmsnet_jax import predict
+    vol = np.random.default_rng(0).uniform(0, 1, (30, 26, 9)).astype(np.float32)
+    affine = np.diag([1.4, 1.4, 8.0, 1.0])
+    (tmp_path / "vols").mkdir()
+    nib.save(nib.Nifti1Image(vol, affine), str(tmp_path / "vols" / "heart.nii"))
+    assert predict.main(["--workdir", str(tmp_path / "run"), "--input", str(tmp_path / "vols" / "heart.nii"),
+                         "--output", str(tmp_path / "pred")]) == 0
+    out = nib.load(str(tmp_path / "pred" / "heart_labels.nii.gz"))
+    assert out.shape == vol.shape and np.asarray(out.dataobj).max() < c.num_classes
+    np.testing.assert_allclose(out.affine, affine)
