@@ -52,6 +52,9 @@ def ablation_config(arg: str | None, config_file: str, *, epochs: int, eval_ever
     c.base_overrides = ml_collections.ConfigDict()
     c.base_overrides.epochs = int(args.get("epochs", 2 if smoke else epochs))
     c.base_overrides.eval_every = 1 if smoke else eval_every
+    if smoke:  # pinned here so the smoke grid does not depend on the demo config's sizes: 2 steps per epoch
+        c.base_overrides.batch_size = 4
+        c.base_overrides.source_kwargs = ml_collections.ConfigDict({"num_examples": 8})
     # Where the data lives on this machine: --config.base_overrides.data_dir=/path (unset keeps the base's).
     c.base_overrides.data_dir = config_dict.placeholder(str)
     c.base_overrides.cache_dir = config_dict.placeholder(str)  # decoded-data cache
