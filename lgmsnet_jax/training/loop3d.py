@@ -2,8 +2,8 @@
 
 The same order, checkpoints (Orbax latest + best, Grain iterator state), workdir guards and writers as
 loop.py; what differs is the data (patches from preprocessed volumes, seg3d.py) and the evaluation
-(whole volumes by sliding window, per-class Dice and HD95 on the host). Entry point for
-`config.task == "seg_3d"`: loop.train_and_evaluate forwards such configs here (a three-line dispatch at its top).
+(whole volumes by sliding window, per-class Dice and HD95 on the host). train.py calls
+it instead of loop.train_and_evaluate when `config.task == "seg_3d"`.
 """
 
 from __future__ import annotations
