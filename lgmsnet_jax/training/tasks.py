@@ -9,7 +9,6 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 
 from lgmsnet_jax.training import losses, metrics
 
@@ -71,8 +70,3 @@ def get_task(name: str) -> Task:
     if name not in _TASKS:
         raise ValueError(f"Unknown task {name!r} (config.task); known: {sorted(_TASKS)}")
     return _TASKS[name]()
-
-
-def f32(x: jax.Array) -> jax.Array:
-    """Upcasts (bf16) activations to f32 for losses and metrics."""
-    return x.astype(jnp.float32)
