@@ -100,7 +100,8 @@ def test_lr_and_loss_weight_members_match_separate_steps(member_loop):
         tx = tx_of(sched)
         graphdef, st = create_train_state(build_model(TEST_MODEL, seed=7), tx, 7)
         task = ensemble.ensemble_task(base_task)
-        fn = jax.jit(lambda s, b: step_lib.train_step(graphdef, s, b, task=task, tx=tx, schedule=sched))
+        fn = jax.jit(lambda s, b: step_lib.train_step(graphdef, s, b, task=task, tx=tx, schedule=sched),
+                     compiler_options=loop.FAST_COMPILE_OPTIONS)
         out = []
         for b in batches:
             st, m = fn(st, dict(b, bce_weight=np.full((2,), bw, np.float32), dice_weight=np.ones((2,), np.float32)))
@@ -110,7 +111,8 @@ def test_lr_and_loss_weight_members_match_separate_steps(member_loop):
               for lr, _ in hp]
     steps = ensemble.make_steps(graphdef, task=ensemble.ensemble_task(base_task),
                                 tx=ensemble.lr_scaled(tx_of, unit, 1.0), unit_schedule=unit,
-                                mesh=ensemble.member_mesh(2), member_loop=member_loop)
+                                mesh=ensemble.member_mesh(2), member_loop=member_loop,
+                                compiler_options=loop.FAST_COMPILE_OPTIONS)
     state, got = ensemble.put_members(ensemble.stack(states), steps), []
     for b in batches:
         stacked = {k: np.stack([v, v]) for k, v in b.items()}
