@@ -100,7 +100,7 @@ def describe(results: Sequence[dict[str, Any]]) -> str:
 
 def plot(rows: Sequence[dict[str, Any]], metric: str, path: pathlib.Path, *, title: str = "",
          scale: float = 100.0) -> None:
-    """Horizontal bar chart of `metric` mean per row with ±std whiskers and the values printed, as a PNG.
+    """Dot plot of `metric` mean per row with ±std whiskers and the values printed, as a PNG.
 
     Args:
       rows: from `aggregate`.
@@ -126,7 +126,10 @@ def plot(rows: Sequence[dict[str, Any]], metric: str, path: pathlib.Path, *, tit
     for i, (label, m, s) in enumerate(zip(labels, means, stds)):
         y = top + i * (bar_h + gap)
         d.text((12, y + 5), label, fill="black", font=font)
-        d.rectangle([left, y, x_of(m), y + bar_h], fill=(70, 120, 190))
+        # A dot, not a bar: the axis does not start at 0, and a bar's length would exaggerate the differences.
+        cy = y + bar_h / 2
+        d.line([left, cy, left + 420, cy], fill=(225, 225, 225))
+        d.ellipse([x_of(m) - 5, cy - 5, x_of(m) + 5, cy + 5], fill=(70, 120, 190))
         lo_w, hi_w = max(m - s, lo), min(m + s, hi)  # whiskers clipped to the axis
         d.line([x_of(lo_w), y + bar_h / 2, x_of(hi_w), y + bar_h / 2], fill="black", width=2)
         for v in (lo_w, hi_w):
@@ -163,5 +166,5 @@ def write_report(workdir: pathlib.Path, metrics: Sequence[str] = ("iou", "f1"), 
     write_csv(rows, metrics, workdir / "summary.csv")
     (workdir / "summary.md").write_text(to_markdown(rows, metrics, title=title, note=describe(results)))
     for m in metrics:
-        plot(rows, m, workdir / f"summary_{m}.png", title=f"{title} {m} (mean ± std over seeds)".strip())
+        plot(rows, m, workdir / f"summary_{m}.png", title=f"{title} {m} in % (mean ± std over seeds)".strip())
     return rows
