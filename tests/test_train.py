@@ -96,7 +96,7 @@ def test_eight_devices_give_the_same_losses_as_one(tmp_path):
     eight = _ok(_train(TINY_ARGS + ["--workdir", str(tmp_path / "eight"), "--num_cpu_devices=8"], tiny=True))
     assert "1 global devices" in one.stderr and "8 global devices" in eight.stderr
     l1, l8 = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
-    assert sorted(l1) == sorted(l8) == list(range(1, 7))  # 48 examples / 8 = 6 steps
+    assert sorted(l1) == sorted(l8) == list(range(1, 5))  # 32 examples / 8 = 4 steps
     np.testing.assert_allclose([l8[s] for s in sorted(l8)], [l1[s] for s in sorted(l1)], atol=1e-5, rtol=0)
 
 
@@ -124,10 +124,10 @@ def test_two_process_run_trains_and_checkpoints(tmp_path):
     for p, (so, se) in zip(procs, outs):
         assert p.returncode == 0, f"process exit {p.returncode}\n{se[-5000:]}"
     assert "process 0/2, 2 local / 4 global devices" in outs[0][1]
-    assert sorted(_losses(wd)) == list(range(1, 7))
+    assert sorted(_losses(wd)) == list(range(1, 5))
     steps = [p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit()]
-    assert steps == ["6"]
-    assert sorted(q.name for q in (wd / "checkpoints" / "6" / "data_iter").glob("process_*.json")) == [
+    assert steps == ["4"]
+    assert sorted(q.name for q in (wd / "checkpoints" / "4" / "data_iter").glob("process_*.json")) == [
         "process_0-of-2.json", "process_1-of-2.json"]
     assert "selected on validation" in outs[0][0] and "LGMSNet on" not in outs[1][0]  # only process 0 reports
 

@@ -74,6 +74,9 @@ def load_sources(config) -> dict[str, Any]:
                                        image_size=tuple(config.image_size), cache_dir=config.get("cache_dir"), **kw)
         except dp.DataError as e:
             raise DataMissingError(f"{e}\n\n{missing_data_message(config)}") from e
+        # Read one record now: an unreadable cache fails before anything compiles, and sources that open files
+        # lazily (memory maps) do so here, once, rather than racing in Grain's reader threads.
+        out[role][0]
         limit = config.get("max_train_examples" if role == "train" else "max_eval_examples", 0)
         if limit and limit < len(out[role]):
             out[role] = Subset(out[role], limit)
