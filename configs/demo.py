@@ -5,9 +5,9 @@ Command:
 
 What you should see: 5 epochs of 4 steps; the epoch loss falls from about 1.1 to about 0.5 and validation IoU
 rises from ~0.1 to above 0.7; the workdir gets config.json, checkpoints/ (latest + best), metrics.jsonl,
-tb/ (TensorBoard), predictions/*.png and summary.json. Runtime on a 2-core CPU: about a minute when the machine
-is otherwise idle, most of it the first compile (2.5 min measured with 5 other jobs competing for the cores);
-with JAX_COMPILATION_CACHE_DIR set a rerun compiles from cache. Rerunning the command in the same workdir finds
+tb/ (TensorBoard), predictions/*.png and summary.json (val IoU ~0.89, test IoU ~0.90). Runtime on the 2-core
+CPU dev box: 58 s with a cold compile cache (about 35 s of it compiling), 1.5-2.5 min when other jobs compete
+for the cores; with JAX_COMPILATION_CACHE_DIR set a rerun compiles from cache. Rerunning the command in the same workdir finds
 the finished run and only prints the report.
 """
 import ml_collections
