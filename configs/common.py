@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 10  # steps
     c.checkpoint_every_steps = 0  # extra resume points between evaluations (0 = only at evaluations)
     c.num_pictures = 8
+    c.picture_every_epochs = 10  # PNG grid of validation predictions (0 = never); also at the last epoch
     c.fast_compile = False  # lower XLA CPU optimisation: much faster compiles, for demos and tests
     return c
 

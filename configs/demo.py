@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.epochs = 5
     c.batch_size = 8
     c.eval_every = 2
+    c.picture_every_epochs = 2
     c.log_every = 2
     c.seed = 0
     c.fast_compile = True

@@ -222,33 +222,35 @@ class CachedSource:
         self.path = pathlib.Path(entry_path)
         self.rows = np.asarray(rows, np.int64)
         self.ids = list(ids)
-        self._images = self._masks = None
+        self._maps = None  # (images, masks) memory maps, published together (see _arrays)
         if len(self.rows) != len(self.ids):
             raise ValueError("rows and ids must have the same length")
 
-    def _open(self):
-        self._images = np.load(self.path / "images.npy", mmap_mode="r")
-        self._masks = np.load(self.path / "masks.npy", mmap_mode="r")
+    def _arrays(self):
+        # Grain's reader threads call __getitem__ concurrently: open both maps, then publish them as one tuple,
+        # so no thread can see the images map without the masks map (that race crashed GPU runs with 12 workers).
+        maps = self._maps
+        if maps is None:
+            maps = (np.load(self.path / "images.npy", mmap_mode="r"), np.load(self.path / "masks.npy", mmap_mode="r"))
+            self._maps = maps
+        return maps
 
     @property
     def image_size(self) -> tuple[int, int]:
-        if self._images is None:
-            self._open()
-        return tuple(self._images.shape[1:3])
+        return tuple(self._arrays()[0].shape[1:3])
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
-        if self._images is None:
-            self._open()
+        images, masks = self._arrays()
         r = self.rows[i]
         # Read-only views of the memory map: the batch function copies them once, straight into the batch.
-        return {"image": np.asarray(self._images[r]), "mask": np.asarray(self._masks[r]), "id": self.ids[i]}
+        return {"image": np.asarray(images[r]), "mask": np.asarray(masks[r]), "id": self.ids[i]}
 
     def __getstate__(self):
         d = dict(self.__dict__)
-        d["_images"] = d["_masks"] = None
+        d["_maps"] = None
         return d
 
     def __repr__(self) -> str:

@@ -121,3 +121,7 @@ def build_model(name: str = "lgmsnet", *, ndim: int = 2, in_channels: int = 3, n
                                               rngs=nnx.Rngs(seed), **kwargs))
     graphdef, state = nnx.split(abstract)
     return nnx.merge(graphdef, host_init(state, seed))
+
+
+# Registers the baseline zoo (U-Net, TinyU-Net, CMUNeXt and the Table 6 migrations) with build_model.
+from lgmsnet_jax.models import baselines  # noqa: E402,F401

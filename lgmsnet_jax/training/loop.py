@@ -254,7 +254,9 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
                         tb.scalars(done, {f"val/{k}": v for k, v in val.items() if k != "count"})
                         logging.info("epoch %d val %s%s", epoch, _fmt(val, task.report_metrics),
                                      " (best)" if improved else "")
-                    if first is not None:
+                    # A 256x256 grid is ~1 MB (PNG and TB copy); every 500 epochs it filled 290 MB on a BUSI run.
+                    every_pic = config.get("picture_every_epochs", 1) or 0
+                    if first is not None and every_pic and (epoch % every_pic == 0 or epoch == config.epochs):
                         picture(done, epoch, first)
                     save(done, score if improved else checkpoint.NOT_BEST)
                     continue
