@@ -13,6 +13,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. con
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (created; re-run the same command to resume).")
 _FORCE_CONFIG = flags.DEFINE_bool("force_config", False, "Continue a workdir whose saved config differs.")
 _STOP_AFTER = flags.DEFINE_integer("stop_after_steps", None, "Train at most this many steps now, checkpoint, exit.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                  "Multi-process run with jax.distributed's cluster auto-detection (TPU pod slices, "
+                                  "SLURM, Open MPI); the three explicit flags below override what it detects.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 for multi-process runs (jax.distributed).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
@@ -38,7 +41,7 @@ def main(argv):
 
     if _NUM_CPU_DEVICES.value:
         jax.config.update("jax_num_cpu_devices", _NUM_CPU_DEVICES.value)
-    if _COORDINATOR.value or _NUM_PROCESSES.value:
+    if _DISTRIBUTED.value or _COORDINATOR.value or _NUM_PROCESSES.value:
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                    process_id=_PROCESS_ID.value)
     elif _NUM_PROCESSES.value is None and _PROCESS_ID.value is not None:
