@@ -51,14 +51,9 @@ def main(argv):
 
     logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)", jax.__version__, jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
-    config = _CONFIG.value
-    if config.task == "seg_3d":  # 3D volumes: patch training and sliding-window validation
-        from lgmsnet_jax.training import loop3d as run_loop
-    else:
-        run_loop = loop
     try:
-        run_loop.train_and_evaluate(config, _WORKDIR.value, force_config=_FORCE_CONFIG.value,
-                                    stop_after_steps=_STOP_AFTER.value)
+        loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value, force_config=_FORCE_CONFIG.value,
+                                stop_after_steps=_STOP_AFTER.value)
     except (builders.DataMissingError, checkpoint.WorkdirError, loop.NonFiniteLossError) as e:
         # Expected, user-actionable stops: a clear message and exit code 2, without a traceback.
         logging.error("%s: %s", type(e).__name__, e)

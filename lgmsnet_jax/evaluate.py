@@ -167,12 +167,12 @@ def evaluate_3d(loaded: loading.Loaded, args: argparse.Namespace) -> tuple[dict[
     split = args.split or "val"
     if split not in ("val", "train"):
         raise ValueError(f"3D runs are evaluated on their 'val' or 'train' cases, got --split {split!r}")
-    # The run's own split, case limits (smoke runs) and generated-split location, as loop3d prepares them.
+    # The run's own split, case limits (smoke runs) and generated-split location, as training prepares them.
     data = seg3d.prepare_data(cfg, None if loading.is_converted(args.workdir) else args.workdir,
                               max_train=cfg.get("max_train_examples") or None,
                               max_val=cfg.get("max_eval_examples") or None)
     names = data.val_names if split == "val" else data.train_names
-    # The run's own validation settings (config.sw), as loop3d validates.
+    # The run's own validation settings (config.sw), as training validates.
     sw = cfg.sw
     roi = tuple(int(s) for s in sw.roi_size)
     graphdef, params, model_state = loading.split_model(loaded.model)

@@ -181,7 +181,7 @@ def test_evaluate_3d_run_reproduces_its_validation_report(shared_dir, tmp_path, 
     import jax
 
     from configs import acdc
-    from lgmsnet_jax.training import loop3d
+    from lgmsnet_jax.training import loop
 
     c = acdc.get_config("smoke")
     c.data_dir = str(shared_dir / "data" / "ACDC")
@@ -190,7 +190,7 @@ def test_evaluate_3d_run_reproduces_its_validation_report(shared_dir, tmp_path, 
     c.model = {"width": 4}
     # optax.adamw's bias correction fails under the suite's strict promotion; train.py runs with the default.
     with jax.numpy_dtype_promotion("standard"):
-        summary = loop3d.train_and_evaluate(c, tmp_path / "run")
+        summary = loop.train_and_evaluate(c, tmp_path / "run")
     capsys.readouterr()  # the trainer's own report
     rep = _evaluate(capsys, "--workdir", str(tmp_path / "run"))
     val = summary["metrics"]["val"]

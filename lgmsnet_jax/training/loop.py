@@ -1,6 +1,8 @@
 """The training loop: mesh -> data -> model -> steps -> resume -> train/evaluate/checkpoint -> final report.
 
-One flat function in big_vision's order. Nothing here reads flags or sets jax.config (train.py does).
+One flat function in big_vision's order for every task; what differs per task (data, validation, the final
+report) is a `tasks.TaskRun` (ImageRun below for 2D, seg3d.Seg3DRun for 3D volumes). Nothing here reads flags
+or sets jax.config (train.py does).
 """
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 import math
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import numpy as np
@@ -19,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from lgmsnet_jax.training import builders, checkpoint, metrics as metrics_lib, step as step_lib, tasks, writers
 
 SUMMARY_FILE = "summary.json"
+PER_CASE_FILE = "val_per_case.json"  # 3D runs: per-case validation Dice/HD95 of the reported checkpoint
 TRAIN_KEYS = ("image", "mask")
 EVAL_KEYS = ("image", "mask", "valid")
 FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -104,26 +107,18 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, force_config: boo
 
 
 def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -> dict:
-    import data_pipelines as dp
-
     pid, nproc = jax.process_index(), jax.process_count()
     is_main = pid == 0
     task = tasks.get_task(config.task)
 
-    # Data first: a missing dataset stops the run before anything is compiled.
-    sources = builders.load_sources(config)
     mesh = make_mesh(devices)
     repl, data_sh = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    global_batch = config.batch_size
-    eval_batch = config.get("eval_batch_size") or global_batch
-    check_batch(global_batch, mesh, config.grad_accum_steps)
-    check_batch(eval_batch, mesh, 1, "config.eval_batch_size")
-    steps_per_epoch = dp.steps_per_epoch(len(sources["train"]), global_batch)
+    ctx = tasks.RunContext(config=config, workdir=workdir, task=task, mesh=mesh, pid=pid, nproc=nproc)
+    # Data first: a missing dataset or a bad batch size stops the run before anything is compiled.
+    run = (task.make_run or ImageRun)(ctx)
+    global_batch = int(config.batch_size)
+    steps_per_epoch = run.steps_per_epoch
     total_steps = steps_per_epoch * config.epochs
-    logging.info("%d train / %s val / %s test examples; %d devices in %d processes; %d steps/epoch, %d steps",
-                 len(sources["train"]), len(sources["val"]) if sources["val"] else 0,
-                 len(sources["test"]) if sources["test"] else 0, mesh.devices.size, nproc, steps_per_epoch,
-                 total_steps)
 
     tx, schedule = builders.build_optimizer(config, steps_per_epoch)
     model = builders.build_model(config)
@@ -136,12 +131,8 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
                                            grad_accum_steps=config.grad_accum_steps, state_sharding=repl,
                                            batch_sharding=data_sh, replicated=repl,
                                            compiler_options=compiler_options)
-
-    train_ds = dp.train_dataset(sources["train"], seed=config.seed, batch_size=global_batch // nproc,
-                                image_size=tuple(config.image_size), augment=config.augment,
-                                normalize=config.normalize, shard_index=pid, shard_count=nproc,
-                                worker_count=config.num_workers)
-    train_iter = iter(train_ds)
+    ctx.graphdef, ctx.eval_fn, ctx.data_sharding = graphdef, eval_fn, data_sh
+    train_iter = run.train_iter()
 
     mngr = checkpoint.make_manager(workdir)
     meta = {"best_score": checkpoint.NOT_BEST, "best_step": None, "best_epoch": None, "best_val": None}
@@ -154,6 +145,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
             jsonl.truncate_after(latest)
     start = int(jax.device_get(state.step))
     tb = writers.EventWriter(workdir / "tb") if is_main else None
+    ctx.tb = tb
     config_dict = config.to_dict()
     last_saved = latest
 
@@ -164,31 +156,6 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
         checkpoint.save(mngr, step, state, data_iter=train_iter, config_dict=config_dict, meta=meta,
                         metrics=None if select is None else {"select": select})
         last_saved = step
-
-    def evaluate(src, st) -> tuple[dict, tuple | None]:
-        ds = dp.eval_dataset(src, batch_size=eval_batch // nproc, image_size=tuple(config.image_size),
-                             normalize=config.normalize, shard_index=pid, shard_count=nproc)
-        sums, first = None, None
-        for batch in ds:
-            s, pics = eval_fn(st, _global_batch(batch, EVAL_KEYS, data_sh))
-            sums = s if sums is None else jax.tree.map(lambda a, b: a + b, sums, s)
-            if first is None:
-                first = (batch, pics)
-        means = metrics_lib.finalize_means(jax.device_get(sums))
-        return means, first
-
-    def picture(step: int, epoch: int, first) -> None:
-        batch, pics = first
-        n = min(config.get("num_pictures", 8), len(batch["image"]))
-        pics = _process_allgather(pics)  # every process takes part; only process 0 writes
-        if not is_main:
-            return
-        grid = writers.prediction_grid(dp.denormalize(batch["image"][:n], config.normalize), batch["mask"][:n],
-                                       pics[:n])
-        png = writers.encode_png(grid)
-        (workdir / "predictions").mkdir(exist_ok=True)
-        (workdir / "predictions" / f"val_epoch{epoch:04d}.png").write_bytes(png)
-        tb.image(step, "val/predictions", png, grid.shape[0], grid.shape[1])
 
     progress = writers.Progress(total_steps, start, enabled=is_main, log_every=config.log_every)
     epoch_losses: list[float] = []
@@ -204,7 +171,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
         pending = None
         host = {k: float(v) for k, v in jax.device_get(m).items()}
         now = time.perf_counter()
-        img_s = global_batch / max(now - t_last, 1e-9)
+        rate = global_batch / max(now - t_last, 1e-9)
         t_last = now
         if not all(math.isfinite(host[k]) for k in ("loss", "grad_norm", "param_norm")):
             where = (f"the last good checkpoint is step {last_saved} in {mngr.directory}" if last_saved is not None
@@ -216,10 +183,10 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
                 f"config.optim.lr, check the data, or use float32 (config.model.dtype).")
         epoch_losses.append(host["loss"])
         epoch = (step - 1) // steps_per_epoch + 1
-        progress.update(step, host["loss"], img_s, epoch)
+        progress.update(step, host["loss"], rate, epoch)
         if is_main and (step % config.log_every == 0 or step == total_steps):
             rec = {"train/loss": host["loss"], "train/lr": host["lr"], "train/grad_norm": host["grad_norm"],
-                   "train/img_per_s": img_s, "epoch": epoch}
+                   run.rate_key: rate, "epoch": epoch}
             jsonl.write(step, rec)
             tb.scalars(step, {k: v for k, v in rec.items() if k != "epoch"})
         if on_step is not None:
@@ -229,6 +196,9 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
     try:
         for step in range(start, total_steps):
             if stop_after_steps is not None and step - start >= stop_after_steps:
+                stopped_at = step
+                break
+            if run.time_up(step):
                 stopped_at = step
                 break
             batch = next(train_iter)
@@ -243,21 +213,17 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
                     mean_loss = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
                     jsonl.write(done, {"train/epoch_loss": mean_loss, "epoch": epoch})
                 epoch_losses.clear()
-                if sources["val"] is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
-                    val, first = evaluate(sources["val"], state)
+                if run.has_val and (epoch % config.eval_every == 0 or epoch == config.epochs):
+                    val = run.validate(state, done, epoch)
                     score = val[task.select_metric]
                     improved = score > meta["best_score"]  # strictly greater, as the reference
                     if improved:
                         meta = meta | {"best_score": score, "best_step": done, "best_epoch": epoch, "best_val": val}
                     if is_main:
                         jsonl.write(done, {f"val/{k}": v for k, v in val.items()} | {"epoch": epoch})
-                        tb.scalars(done, {f"val/{k}": v for k, v in val.items() if k != "count"})
-                        logging.info("epoch %d val %s%s", epoch, _fmt(val, task.report_metrics),
-                                     " (best)" if improved else "")
-                    # A 256x256 grid is ~1 MB (PNG and TB copy); every 500 epochs it filled 290 MB on a BUSI run.
-                    every_pic = config.get("picture_every_epochs", 1) or 0
-                    if first is not None and every_pic and (epoch % every_pic == 0 or epoch == config.epochs):
-                        picture(done, epoch, first)
+                        tb.scalars(done, {f"val/{k}": v for k, v in run.val_scalars(val).items()})
+                        logging.info("epoch %d val %s%s", epoch, run.format_val(val), " (best)" if improved else "")
+                    run.after_validation(done, epoch)
                     save(done, score if improved else checkpoint.NOT_BEST)
                     continue
             every = config.get("checkpoint_every_steps") or 0
@@ -277,7 +243,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
             tb.close()
         return {"stopped_at": stopped_at}
 
-    summary = _final_report(config, workdir, mngr, meta, sources, state, evaluate, task)
+    summary = run.final_report(mngr, meta, state)
     mngr.close()
     if tb is not None:
         tb.close()
@@ -288,30 +254,108 @@ def _fmt(values: dict, keys: tuple[str, ...]) -> str:
     return " ".join(f"{k} {values[k]:.4f}" for k in keys if k in values)
 
 
-def _final_report(config, workdir, mngr, meta, sources, last_state, evaluate, task) -> dict:
-    """Evaluates the best-by-validation checkpoint on val and test; prints and saves the summary table."""
-    best = meta.get("best_step")
-    if best is not None:
-        state, _, _ = checkpoint.restore(mngr, best, checkpoint.abstract_like(last_state, last_state.step.sharding))
-        label = f"best validation {task.select_metric} (epoch {meta['best_epoch']}, step {best})"
-    else:
-        state, label = last_state, "last step (no validation split)"
-    rows = {}
-    if sources["val"] is not None:
-        rows["val"] = evaluate(sources["val"], state)[0]
-    if sources["test"] is not None:
-        rows["test"] = evaluate(sources["test"], state)[0]
-    protocol = ("selected on validation, reported on test" if "test" in rows
-                else "selected and reported on validation (the reference protocol; no held-out test split)")
-    summary = {"checkpoint": label, "protocol": protocol, "steps": int(jax.device_get(last_state.step)),
-               "epochs": config.epochs, "dataset": config.dataset, "metrics": rows}
-    if jax.process_index() == 0:
-        (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-        keys = task.report_metrics
-        lines = [f"LGMSNet on {config.dataset}: {label}; {protocol}",
-                 f"{'split':<6} {'n':>5} " + " ".join(f"{k.upper():>7}" for k in keys)]
-        for name, vals in rows.items():
-            lines.append(f"{name:<6} {vals['count']:>5} " + " ".join(f"{vals[k]:>7.4f}" for k in keys))
-        lines.append(f"saved to {workdir / SUMMARY_FILE}")
-        print("\n".join(lines), flush=True)
-    return summary
+class ImageRun(tasks.TaskRun):
+    """The 2D hooks: Grain image pipelines, jitted batch evaluation, prediction pictures, val/test report."""
+
+    def __init__(self, ctx: tasks.RunContext):
+        import data_pipelines as dp
+
+        self.ctx, self.dp = ctx, dp
+        config, mesh = ctx.config, ctx.mesh
+        self.sources = builders.load_sources(config)
+        global_batch = config.batch_size
+        self.eval_batch = config.get("eval_batch_size") or global_batch
+        check_batch(global_batch, mesh, config.grad_accum_steps)
+        check_batch(self.eval_batch, mesh, 1, "config.eval_batch_size")
+        self.steps_per_epoch = dp.steps_per_epoch(len(self.sources["train"]), global_batch)
+        self.has_val = self.sources["val"] is not None
+        self._first = None
+        sources = self.sources
+        logging.info("%d train / %s val / %s test examples; %d devices in %d processes; %d steps/epoch, %d steps",
+                     len(sources["train"]), len(sources["val"]) if sources["val"] else 0,
+                     len(sources["test"]) if sources["test"] else 0, mesh.devices.size, ctx.nproc,
+                     self.steps_per_epoch, self.steps_per_epoch * config.epochs)
+
+    def train_iter(self):
+        config, ctx = self.ctx.config, self.ctx
+        train_ds = self.dp.train_dataset(self.sources["train"], seed=config.seed,
+                                         batch_size=config.batch_size // ctx.nproc,
+                                         image_size=tuple(config.image_size), augment=config.augment,
+                                         normalize=config.normalize, shard_index=ctx.pid, shard_count=ctx.nproc,
+                                         worker_count=config.num_workers)
+        return iter(train_ds)
+
+    def evaluate(self, src, st) -> tuple[dict, tuple | None]:
+        """Metric means over `src` and the first batch with its pictures."""
+        ctx, config = self.ctx, self.ctx.config
+        ds = self.dp.eval_dataset(src, batch_size=self.eval_batch // ctx.nproc, image_size=tuple(config.image_size),
+                                  normalize=config.normalize, shard_index=ctx.pid, shard_count=ctx.nproc)
+        sums, first = None, None
+        for batch in ds:
+            s, pics = ctx.eval_fn(st, _global_batch(batch, EVAL_KEYS, ctx.data_sharding))
+            sums = s if sums is None else jax.tree.map(lambda a, b: a + b, sums, s)
+            if first is None:
+                first = (batch, pics)
+        means = metrics_lib.finalize_means(jax.device_get(sums))
+        return means, first
+
+    def validate(self, state, step: int, epoch: int) -> dict:
+        val, self._first = self.evaluate(self.sources["val"], state)
+        return val
+
+    def val_scalars(self, val: dict) -> dict:
+        return {k: v for k, v in val.items() if k != "count"}
+
+    def format_val(self, val: dict) -> str:
+        return _fmt(val, self.ctx.task.report_metrics)
+
+    def after_validation(self, step: int, epoch: int) -> None:
+        config = self.ctx.config
+        # A 256x256 grid is ~1 MB (PNG and TB copy); every 500 epochs it filled 290 MB on a BUSI run.
+        every_pic = config.get("picture_every_epochs", 1) or 0
+        if self._first is not None and every_pic and (epoch % every_pic == 0 or epoch == config.epochs):
+            self._picture(step, epoch, self._first)
+
+    def _picture(self, step: int, epoch: int, first) -> None:
+        ctx, config = self.ctx, self.ctx.config
+        batch, pics = first
+        n = min(config.get("num_pictures", 8), len(batch["image"]))
+        pics = _process_allgather(pics)  # every process takes part; only process 0 writes
+        if not ctx.is_main:
+            return
+        grid = writers.prediction_grid(self.dp.denormalize(batch["image"][:n], config.normalize),
+                                       batch["mask"][:n], pics[:n])
+        png = writers.encode_png(grid)
+        (ctx.workdir / "predictions").mkdir(exist_ok=True)
+        (ctx.workdir / "predictions" / f"val_epoch{epoch:04d}.png").write_bytes(png)
+        ctx.tb.image(step, "val/predictions", png, grid.shape[0], grid.shape[1])
+
+    def final_report(self, mngr, meta, last_state) -> dict:
+        """Evaluates the best-by-validation checkpoint on val and test; prints and saves the summary table."""
+        config, workdir, task, sources = self.ctx.config, self.ctx.workdir, self.ctx.task, self.sources
+        best = meta.get("best_step")
+        if best is not None:
+            state, _, _ = checkpoint.restore(mngr, best,
+                                             checkpoint.abstract_like(last_state, last_state.step.sharding))
+            label = f"best validation {task.select_metric} (epoch {meta['best_epoch']}, step {best})"
+        else:
+            state, label = last_state, "last step (no validation split)"
+        rows = {}
+        if sources["val"] is not None:
+            rows["val"] = self.evaluate(sources["val"], state)[0]
+        if sources["test"] is not None:
+            rows["test"] = self.evaluate(sources["test"], state)[0]
+        protocol = ("selected on validation, reported on test" if "test" in rows
+                    else "selected and reported on validation (the reference protocol; no held-out test split)")
+        summary = {"checkpoint": label, "protocol": protocol, "steps": int(jax.device_get(last_state.step)),
+                   "epochs": config.epochs, "dataset": config.dataset, "metrics": rows}
+        if jax.process_index() == 0:
+            (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+            keys = task.report_metrics
+            lines = [f"LGMSNet on {config.dataset}: {label}; {protocol}",
+                     f"{'split':<6} {'n':>5} " + " ".join(f"{k.upper():>7}" for k in keys)]
+            for name, vals in rows.items():
+                lines.append(f"{name:<6} {vals['count']:>5} " + " ".join(f"{vals[k]:>7.4f}" for k in keys))
+            lines.append(f"saved to {workdir / SUMMARY_FILE}")
+            print("\n".join(lines), flush=True)
+        return summary

@@ -1,12 +1,16 @@
 """The 3D segmentation task: cached volumes -> random patches for training, sliding-window validation
 with per-class Dice (background excluded) and HD95 in mm (reference_lgmsnet.md §6, §7.2).
 
-Registered as task "seg_3d"; the datasets are BTCV, KiTS23 and ACDC (data_pipelines.volumes).
+Registered as task "seg_3d"; the datasets are BTCV, KiTS23 and ACDC (data_pipelines.volumes). `Seg3DRun` is
+its training-loop hooks (loop.train_and_evaluate): patch batches, whole-volume validation, the 3D report and the
+config.max_run_seconds time slicing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import pathlib
 import time
@@ -21,8 +25,9 @@ from absl import logging
 from flax import nnx
 
 from data_pipelines import patches, preprocess3d, volumes
+from data_pipelines.pipeline import CheckedIterDataset
 from lgmsnet_jax.inference import sliding_window_inference
-from lgmsnet_jax.training import losses, metrics3d, tasks
+from lgmsnet_jax.training import checkpoint, loop, losses, metrics3d, tasks
 
 CLASS_NAMES = {
     "acdc": ("RV", "Myo", "LV"),
@@ -65,7 +70,7 @@ def seg_3d() -> tasks.Task:
     return tasks.Task(name="seg_3d", loss_fn=_loss, metrics_fn=patch_metrics, select_metric="dice",
                       to_picture=lambda z: jnp.argmax(z, axis=-1)[..., None].astype(jnp.float32)
                       / jnp.float32(max(z.shape[-1] - 1, 1)),
-                      report_metrics=("dice", "dice_class_mean", "hd95"))
+                      report_metrics=("dice", "dice_class_mean", "hd95"), make_run=Seg3DRun)
 
 
 tasks.register_task("seg_3d", seg_3d)
@@ -268,3 +273,122 @@ def validation_canvas(data: Seg3DData, roi_size: Sequence[int]) -> tuple[int, ..
     shapes = [preprocess3d.load_cached(data.cache_dir, n)["meta"]["shape"] for n in data.val_names]
     return canvas_shape(shapes, roi_size)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Training-loop hooks (loop.train_and_evaluate with config.task == "seg_3d")
+# ----------------------------------------------------------------------------------------------
+
+class Seg3DRun(tasks.TaskRun):
+    """Patch batches from cached volumes, sliding-window validation with HD95 on the host, the 3D report
+    (summary.json with class names and split file, val_per_case.json) and config.max_run_seconds time slicing."""
+
+    rate_key = "train/patches_per_s"
+
+    def __init__(self, ctx: tasks.RunContext):
+        self.t_start = time.monotonic()
+        self.ctx = ctx
+        config, nproc = ctx.config, ctx.nproc
+        self.max_seconds = float(config.get("max_run_seconds", 0) or 0)
+        self.data = prepare_data(config, ctx.workdir, max_train=config.max_train_examples or None,
+                                 max_val=config.max_eval_examples or None)
+        global_batch = int(config.batch_size)
+        samples = int(config.patch.num_samples)
+        if global_batch % (samples * nproc):
+            raise ValueError(f"config.batch_size={global_batch} patches must be a multiple of patch.num_samples="
+                             f"{samples} times the {nproc} processes")
+        loop.check_batch(global_batch, ctx.mesh, config.grad_accum_steps)
+        self.volumes_per_step = global_batch // samples
+        # An epoch is one pass over the training volumes (MONAI: 24 steps of 4 patches for BTCV's 24 volumes).
+        self.steps_per_epoch = math.ceil(len(self.data.train_names) / self.volumes_per_step)
+        self.has_val = bool(self.data.val_names)
+        self.last_eval: tuple[int, dict, dict] | None = None  # (step, summary, per-case) of the latest HD95 eval
+        logging.info("3D %s: %d train / %d val volumes, %d patches of %s per step, %d steps/epoch, %d steps",
+                     config.dataset, len(self.data.train_names), len(self.data.val_names), global_batch,
+                     tuple(config.patch.patch_size), self.steps_per_epoch, self.steps_per_epoch * config.epochs)
+
+    def train_iter(self):
+        ctx, config, data = self.ctx, self.ctx.config, self.data
+        sw = config.sw
+        self.predict = make_volume_predictor(ctx.graphdef, roi_size=tuple(sw.roi_size), overlap=float(sw.overlap),
+                                             mode=sw.mode, sw_batch_size=int(sw.sw_batch_size))
+        self.canvas = validation_canvas(data, tuple(sw.roi_size)) if data.val_names else None
+        per_process_volumes = self.volumes_per_step // ctx.nproc
+        ds = train_dataset(data, config, volumes_per_batch=per_process_volumes, shard_index=ctx.pid,
+                           shard_count=ctx.nproc)
+        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(config.get("read_threads", 2)),
+                                                  prefetch_buffer_size=int(config.get("prefetch", 4))))
+        if config.num_workers > 0:
+            from data_pipelines.pipeline import _mark_flags_parsed  # google/grain#1360
+            _mark_flags_parsed()
+            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.num_workers),
+                                                             per_worker_buffer_size=2))
+        settings = {"seed": int(config.seed), "volumes_per_batch": per_process_volumes,
+                    "num_volumes": len(data.train_names),
+                    "patch": {k: list(v) if isinstance(v, tuple) else v for k, v in dict(config.patch).items()},
+                    "shard_index": ctx.pid, "shard_count": ctx.nproc, "worker_count": int(config.num_workers)}
+        return iter(CheckedIterDataset(it, json.loads(json.dumps(settings))))
+
+    def time_up(self, step: int) -> bool:
+        if self.max_seconds and time.monotonic() - self.t_start > self.max_seconds:
+            logging.info("config.max_run_seconds=%s reached at step %d; checkpointing", self.max_seconds, step)
+            return True
+        return False
+
+    def _evaluate(self, st, with_hd95: bool) -> tuple[dict, dict]:
+        t0 = time.perf_counter()
+        summary, per_case = evaluate(self.predict, st.params, st.model_state, self.data,
+                                     num_classes=self.ctx.config.num_classes, canvas=self.canvas, with_hd95=with_hd95)
+        logging.info("validated %d volumes in %.1f s", len(self.data.val_names), time.perf_counter() - t0)
+        return summary, per_case
+
+    def validate(self, state, step: int, epoch: int) -> dict:
+        with_hd95 = bool(self.ctx.config.get("eval_hd95_every_eval", True))
+        val, per_case = self._evaluate(state, with_hd95)
+        if with_hd95:
+            self.last_eval = (step, val, per_case)
+        return val
+
+    def val_scalars(self, val: dict) -> dict:
+        return {k: v for k, v in val.items() if math.isfinite(v)}
+
+    def format_val(self, val: dict) -> str:
+        parts = [f"dice {val['dice']:.4f}"] + [f"{c} {val[f'dice/{c}']:.4f}" for c in self.data.class_names]
+        if "hd95" in val:
+            parts.append(f"hd95 {val['hd95']:.2f} mm")
+        return " ".join(parts)
+
+    def final_report(self, mngr, meta, last_state) -> dict:
+        """Evaluates the best-by-validation checkpoint (with HD95); writes summary.json and per-case metrics.
+
+        When the best checkpoint is the one this process just evaluated with HD95, those numbers are reused.
+        """
+        config, workdir, data, last_eval = self.ctx.config, self.ctx.workdir, self.data, self.last_eval
+        best = meta.get("best_step")
+        rows, per_case = {}, {}
+        if best is not None and last_eval is not None and last_eval[0] == best:
+            state, label = last_state, f"best validation dice (epoch {meta['best_epoch']}, step {best})"
+            rows["val"], per_case = last_eval[1], last_eval[2]
+        elif best is not None:
+            state, _, _ = checkpoint.restore(mngr, best,
+                                             checkpoint.abstract_like(last_state, last_state.step.sharding))
+            label = f"best validation dice (epoch {meta['best_epoch']}, step {best})"
+        else:
+            state, label = last_state, "last step (no validation cases)"
+        if data.val_names and not rows:
+            rows["val"], per_case = self._evaluate(state, True)
+        protocol = "selected and reported on validation (the reference protocol, §6; no held-out test split)"
+        summary = {"checkpoint": label, "protocol": protocol, "steps": int(jax.device_get(last_state.step)),
+                   "epochs": config.epochs, "dataset": config.dataset, "split_file": str(data.split_path),
+                   "class_names": list(data.class_names), "metrics": rows}
+        if jax.process_index() == 0:
+            (workdir / loop.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+            (workdir / loop.PER_CASE_FILE).write_text(json.dumps(per_case, indent=1) + "\n")
+            if rows:
+                v = rows["val"]
+                head = "split     n  " + " ".join(f"{c:>8}" for c in ("mean", *data.class_names)) + "   HD95mm"
+                dice = " ".join(f"{x:>8.4f}" for x in (v["dice"], *(v[f"dice/{c}"] for c in data.class_names)))
+                print(f"LGMSNet 3D on {config.dataset}: {label}; {protocol}\n{head}\n"
+                      f"val   {v['num_cases']:>3}  {dice}   {v.get('hd95', float('nan')):.2f}\n"
+                      f"saved to {workdir / loop.SUMMARY_FILE}", flush=True)
+        return summary

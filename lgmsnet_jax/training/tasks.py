@@ -1,11 +1,15 @@
 """Tasks: what a model predicts, how it is scored and how it is trained, as pure functions of arrays.
 
 The loop and the steps only talk to a `Task`; a new problem (e.g. 3D multi-class with sliding-window evaluation)
-registers its own with `register_task` instead of adding branches to the loop.
+registers its own with `register_task` instead of adding branches to the loop. What differs per task in the
+training loop itself (data, validation, the final report) sits behind a `TaskRun` made by `Task.make_run`.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pathlib
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import jax
@@ -31,6 +35,7 @@ class Task:
       predict_fn: (model, images) -> logits in eval mode; 3D tasks swap in sliding-window inference.
       to_picture: logits -> (N, ..., 1) f32 map in [0, 1] for the prediction grid.
       report_metrics: metric keys printed in the summary table, in order.
+      make_run: RunContext -> TaskRun, the loop's per-run hooks; None means the 2D image hooks of loop.py.
     """
 
     name: str
@@ -40,6 +45,83 @@ class Task:
     predict_fn: Callable[[Any, jax.Array], jax.Array] = _forward
     to_picture: Callable[[jax.Array], jax.Array] = jax.nn.sigmoid
     report_metrics: tuple[str, ...] = ("iou", "f1", "se", "pc", "acc")
+    make_run: Callable[[RunContext], TaskRun] | None = None
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What the training loop shares with a task's hooks; the loop fills the later fields as it builds them.
+
+    Attributes:
+      config: the resolved run ConfigDict.
+      workdir: the run folder.
+      task: the Task being trained.
+      mesh: the 1-D ("data",) device mesh.
+      pid, nproc: this process's index and the process count.
+      graphdef: the model's nnx.GraphDef (set once the model is built).
+      eval_fn: the jitted eval step (state, batch) -> (metric sums, pictures) (set with graphdef).
+      data_sharding: NamedSharding of batches over the "data" axis (set with graphdef).
+      tb: the TensorBoard EventWriter on process 0, else None (set before training).
+    """
+
+    config: Any
+    workdir: pathlib.Path
+    task: Task
+    mesh: Any
+    pid: int
+    nproc: int
+    graphdef: Any = None
+    eval_fn: Callable | None = None
+    data_sharding: Any = None
+    tb: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.pid == 0
+
+
+class TaskRun:
+    """The training loop's per-task hooks for one run (made by `Task.make_run` after the mesh exists).
+
+    Construction loads and checks the data and the batch sizes (before anything compiles); `steps_per_epoch`
+    and `has_val` are then fixed. The loop owns the steps, checkpoints, resume, best selection and writers.
+
+    Attributes:
+      steps_per_epoch: optimizer steps per epoch.
+      has_val: whether a validation split exists (validation runs, best-checkpoint selection).
+      rate_key: metrics.jsonl key of the training throughput (examples per second of the global batch).
+    """
+
+    steps_per_epoch: int
+    has_val: bool
+    rate_key: str = "train/img_per_s"
+
+    def train_iter(self) -> Iterator[dict]:
+        """This process's checkpointable train batch iterator (called once ctx.graphdef is set)."""
+        raise NotImplementedError
+
+    def time_up(self, step: int) -> bool:
+        """True when this invocation must checkpoint at `step` and return (e.g. a wall-clock budget)."""
+        return False
+
+    def validate(self, state: Any, step: int, epoch: int) -> dict[str, float]:
+        """Evaluates the validation split during training; returns host metrics (keyed as in metrics.jsonl)."""
+        raise NotImplementedError
+
+    def val_scalars(self, val: dict[str, float]) -> dict[str, float]:
+        """The validation metrics written to TensorBoard."""
+        return val
+
+    def format_val(self, val: dict[str, float]) -> str:
+        """One log line of validation metrics."""
+        raise NotImplementedError
+
+    def after_validation(self, step: int, epoch: int) -> None:
+        """Extras after the validation metrics are logged (e.g. prediction pictures); every process calls it."""
+
+    def final_report(self, mngr: Any, meta: dict, last_state: Any) -> dict:
+        """Evaluates the chosen checkpoint, writes summary.json (process 0), prints the table; returns the summary."""
+        raise NotImplementedError
 
 
 def _binary_loss(logits: jax.Array, batch: Batch) -> jax.Array:
@@ -56,6 +138,8 @@ def binary_seg_2d() -> Task:
 
 
 _TASKS: dict[str, Callable[[], Task]] = {"binary_seg_2d": binary_seg_2d}
+# Tasks whose module registers them on import; imported on first use so 2D runs do not load the 3D data code.
+_REGISTERED_BY = {"seg_3d": "lgmsnet_jax.training.seg3d"}
 
 
 def register_task(name: str, factory: Callable[[], Task]) -> None:
@@ -67,6 +151,8 @@ def register_task(name: str, factory: Callable[[], Task]) -> None:
 
 def get_task(name: str) -> Task:
     """Returns the task registered under `name`; unknown names list the known ones."""
+    if name not in _TASKS and name in _REGISTERED_BY:
+        importlib.import_module(_REGISTERED_BY[name])
     if name not in _TASKS:
         raise ValueError(f"Unknown task {name!r} (config.task); known: {sorted(_TASKS)}")
     return _TASKS[name]()

@@ -11,7 +11,7 @@ from flax import nnx
 
 from configs import acdc, btcv, kits23
 from lgmsnet_jax.models import register_model, registered_models
-from lgmsnet_jax.training import checkpoint, loop3d, seg3d, writers
+from lgmsnet_jax.training import checkpoint, loop, seg3d, writers
 
 
 class _Tiny3D(nnx.Module):
@@ -49,14 +49,14 @@ def _acdc_smoke(shared_dir, tmp_path, tiny: bool):
 
 def test_resumed_3d_run_matches_uninterrupted_run(shared_dir, tmp_path):
     losses = {"full": {}, "resumed": {}}
-    full = loop3d.train_and_evaluate(_acdc_smoke(shared_dir, tmp_path, True), tmp_path / "full",
-                                     on_step=lambda s, m: losses["full"].__setitem__(s, m["loss"]))
-    first = loop3d.train_and_evaluate(_acdc_smoke(shared_dir, tmp_path, True), tmp_path / "resumed",
-                                      stop_after_steps=1,
-                                      on_step=lambda s, m: losses["resumed"].__setitem__(s, m["loss"]))
+    full = loop.train_and_evaluate(_acdc_smoke(shared_dir, tmp_path, True), tmp_path / "full",
+                                   on_step=lambda s, m: losses["full"].__setitem__(s, m["loss"]))
+    first = loop.train_and_evaluate(_acdc_smoke(shared_dir, tmp_path, True), tmp_path / "resumed",
+                                    stop_after_steps=1,
+                                    on_step=lambda s, m: losses["resumed"].__setitem__(s, m["loss"]))
     assert first == {"stopped_at": 1}
-    second = loop3d.train_and_evaluate(_acdc_smoke(shared_dir, tmp_path, True), tmp_path / "resumed",
-                                       on_step=lambda s, m: losses["resumed"].__setitem__(s, m["loss"]))
+    second = loop.train_and_evaluate(_acdc_smoke(shared_dir, tmp_path, True), tmp_path / "resumed",
+                                     on_step=lambda s, m: losses["resumed"].__setitem__(s, m["loss"]))
     # Step 2 of the resumed run saw the same parameters and the same patches as the uninterrupted one.
     assert losses["resumed"] == losses["full"] and sorted(losses["full"]) == [1, 2]
     assert second["metrics"] == full["metrics"]
@@ -64,7 +64,7 @@ def test_resumed_3d_run_matches_uninterrupted_run(shared_dir, tmp_path):
     assert val["num_cases"] == 1 and set(full["class_names"]) == {"RV", "Myo", "LV"}
     for name in ("RV", "Myo", "LV"):
         assert 0.0 <= val[f"dice/{name}"] <= 1.0 and val[f"hd95/{name}"] > 0.0
-    per_case = json.loads((tmp_path / "full" / loop3d.PER_CASE_FILE).read_text())
+    per_case = json.loads((tmp_path / "full" / loop.PER_CASE_FILE).read_text())
     assert list(per_case) == ["patient007_frame01"]  # first validation volume of the committed split
     assert len(per_case["patient007_frame01"]["dice"]) == 3
 
@@ -72,13 +72,13 @@ def test_resumed_3d_run_matches_uninterrupted_run(shared_dir, tmp_path):
 def test_acdc_smoke_trains_lgmsnet_3d_on_two_volumes(shared_dir, tmp_path):
     """The real (narrow) 3D LGMSNet: 2 steps on 2 ACDC volumes, 32^3 patches, then validation and report."""
     seen = {}
-    summary = loop3d.train_and_evaluate(_acdc_smoke(shared_dir, tmp_path, False), tmp_path / "run",
-                                        on_step=lambda s, m: seen.__setitem__(s, m))
+    summary = loop.train_and_evaluate(_acdc_smoke(shared_dir, tmp_path, False), tmp_path / "run",
+                                      on_step=lambda s, m: seen.__setitem__(s, m))
     assert sorted(seen) == [1, 2] and all(np.isfinite(m["loss"]) and m["loss"] > 0 for m in seen.values())
     val = summary["metrics"]["val"]
     assert 0.0 <= val["dice"] <= 1.0 and np.isfinite(val["hd95"])
     run = tmp_path / "run"
-    assert (run / "config.json").is_file() and (run / loop3d.SUMMARY_FILE).is_file()
+    assert (run / "config.json").is_file() and (run / loop.SUMMARY_FILE).is_file()
     records = writers.read_jsonl(run / "metrics.jsonl")
     assert any("val/dice/LV" in r for r in records) and any("train/loss" in r for r in records)
     mngr = checkpoint.make_manager(run, create=False)
