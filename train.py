@@ -20,6 +20,9 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 for multi-process runs (jax.distributed).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100,
+                                  "Multi-process runs: a process silent this long is declared dead and the others stop "
+                                  "(instead of waiting in a collective forever); rerun the command to resume.")
 _NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", None, "Split the CPU into N devices (testing sharding).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -43,7 +46,7 @@ def main(argv):
         jax.config.update("jax_num_cpu_devices", _NUM_CPU_DEVICES.value)
     if _DISTRIBUTED.value or _COORDINATOR.value or _NUM_PROCESSES.value:
         jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                                   process_id=_PROCESS_ID.value)
+                                   process_id=_PROCESS_ID.value, heartbeat_timeout_seconds=_HEARTBEAT.value)
     elif _NUM_PROCESSES.value is None and _PROCESS_ID.value is not None:
         raise app.UsageError("--process_id needs --coordinator_address and --num_processes")
 

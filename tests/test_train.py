@@ -8,6 +8,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -144,3 +145,38 @@ def test_kvasir_smoke_on_real_data(tmp_path, shared_dir):
     assert summary["metrics"]["test"]["count"] == 4 and summary["metrics"]["val"]["count"] == 4
     losses = _losses(wd)
     assert sorted(losses) == [1, 2] and all(np.isfinite(list(losses.values())))
+
+
+def test_dead_process_stops_the_run_and_rerun_resumes(tmp_path):
+    """A process killed mid-run makes its peer stop (no hang); the same command then resumes from a checkpoint."""
+    wd = tmp_path / "mpkill"
+    args = [a if a != "--config.epochs=1" else "--config.epochs=6" for a in TINY_ARGS]
+
+    def launch(port):
+        cmd = [sys.executable, "-c", TINY_TRAIN] + args + [
+            "--workdir", str(wd), "--num_cpu_devices=2", f"--coordinator_address=localhost:{port}",
+            "--num_processes=2", "--heartbeat_timeout_s=10", "--config.checkpoint_every_steps=2"]
+        return [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+    procs = launch(_free_port())
+    try:
+        deadline = time.monotonic() + 240
+        while not any(p.name.isdigit() for p in (wd / "checkpoints").glob("*")):
+            assert time.monotonic() < deadline and procs[0].poll() is None, "no checkpoint was written"
+            time.sleep(0.2)
+        procs[1].kill()
+        procs[0].communicate(timeout=120)  # raises TimeoutExpired if the survivor hangs
+        assert procs[0].returncode != 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    first = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+    rerun = launch(_free_port())
+    outs = [p.communicate(timeout=240) for p in rerun]
+    assert [p.returncode for p in rerun] == [0, 0], outs[0][1][-3000:]
+    assert "Resuming from" in outs[0][1], outs[0][1][-3000:]
+    assert (wd / "summary.json").exists()
+    steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] > first[-1]
