@@ -63,6 +63,8 @@ def load_sources(config) -> dict[str, Any]:
     check_data_dir(config)
     out = {}
     kw = dict(config.source_kwargs.to_dict()) if "source_kwargs" in config else {}
+    # "error" stops before training with the list of bad files; "skip" drops them and writes a JSON report.
+    kw.setdefault("on_bad", config.get("on_bad", "error"))
     for role in ("train", "val", "test"):
         split = config.splits.get(role)
         if split is None:

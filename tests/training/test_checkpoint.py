@@ -51,3 +51,24 @@ def test_train_state_round_trips_every_leaf(tmp_path, tiny_model):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=path)
     mngr.close()
+
+
+def test_config_on_bad_reaches_the_data_loader(tmp_path):
+    """`--config.on_bad` chooses between stopping on a corrupt file (default) and skipping it with a report."""
+    from configs import demo
+    from lgmsnet_jax.training import builders
+    from tests.data_pipelines.layouts import make_layout
+
+    data = tmp_path / "data"
+    make_layout("folder", data, n=10)
+    (data / "images" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (data / "masks" / "corrupt.png").write_bytes((data / "masks" / "case 0.png").read_bytes())
+    config = demo.get_config()
+    config.dataset, config.data_dir, config.cache_dir = "folder", str(data), str(tmp_path / "cache")
+    with pytest.raises(builders.DataMissingError, match="corrupt"):
+        builders.load_sources(config)
+    config.on_bad = "skip"
+    sources = builders.load_sources(config)
+    ids = {sources[r][i]["id"] for r in ("train", "val", "test") if sources[r] is not None
+           for i in range(len(sources[r]))}
+    assert "corrupt" not in ids and len(ids) == 10
