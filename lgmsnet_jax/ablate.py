@@ -19,20 +19,15 @@ _NUM_CPU_DEVICES = flags.DEFINE_integer("num_cpu_devices", None, "Split the CPU 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries:
-    """Drops INFO records of chatty libraries (Orbax logs every save/restore) but keeps their warnings."""
-
-    def filter(self, record) -> bool:
-        return record.levelno > 20 or not any(p in record.pathname for p in ("/orbax/", "/grain/", "/jax/_src/"))
-
-
 def main(argv):
     del argv
     import logging as std_logging
 
     import jax
 
-    std_logging.getLogger("absl").addFilter(_QuietLibraries())
+    from lgmsnet_jax.training.writers import QuietLibraries
+
+    std_logging.getLogger("absl").addFilter(QuietLibraries())
     if _NUM_CPU_DEVICES.value:
         jax.config.update("jax_num_cpu_devices", _NUM_CPU_DEVICES.value)
     from lgmsnet_jax.ablation import runner

@@ -41,3 +41,13 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class QuietLibraries:
+    """absl log filter: drops INFO records of chatty libraries (Orbax logs every save/restore) but keeps warnings.
+
+    Command-line entry points install it with `logging.getLogger("absl").addFilter(QuietLibraries())`.
+    """
+
+    def filter(self, record) -> bool:
+        return record.levelno > 20 or not any(p in record.pathname for p in ("/orbax/", "/grain/", "/jax/_src/"))
