@@ -1,6 +1,7 @@
 """A progress bar (tqdm when a terminal is attached) that degrades to periodic absl log lines."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -43,6 +44,10 @@ class Progress:
             self._bar.close()
 
 
+# Package folders (not machine paths) whose INFO records are dropped: matched against each record's source file.
+_CHATTY_PACKAGES = tuple(os.sep + os.path.join(*parts) + os.sep for parts in (("orbax",), ("grain",), ("jax", "_src")))
+
+
 class QuietLibraries:
     """absl log filter: drops INFO records of chatty libraries (Orbax logs every save/restore) but keeps warnings.
 
@@ -50,4 +55,4 @@ class QuietLibraries:
     """
 
     def filter(self, record) -> bool:
-        return record.levelno > 20 or not any(p in record.pathname for p in ("/orbax/", "/grain/", "/jax/_src/"))
+        return record.levelno > 20 or not any(p in record.pathname for p in _CHATTY_PACKAGES)
