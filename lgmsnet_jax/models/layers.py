@@ -6,6 +6,7 @@ GroupNorm, InstanceNorm, LayerNorm). Every layer works for `ndim` 2 (NHWC) or 3 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -15,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 EPS = 1e-5  # every norm of the reference (BN, GN, IN, LN) uses eps 1e-5 (spec §4.2, §4.3)
-DEPTHWISE_IMPLS = ("xla", "shift_add")
+DEPTHWISE_IMPLS = ("xla", "shift_add", "tiled3", "tiled4", "tiled5")
 
 
 def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
@@ -70,22 +71,50 @@ def _depthwise_shift_add(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return out
 
 
+def _segments(k: int, tile: int) -> list[tuple[int, int]]:
+    """(start, length) pieces of a kernel axis of size k, each at most `tile` long: 9 -> [(0, 5), (5, 4)] for 5."""
+    return [(s, min(tile, k - s)) for s in range(0, k, tile)]
+
+
+def _depthwise_tiled(x: jax.Array, kernel: jax.Array, tile: int) -> jax.Array:
+    # A k^d kernel is the sum of <= tile^d sub-kernels, each applied as a VALID conv to the window of the padded
+    # input it sees. XLA's GPU depthwise conv is fast up to k = 5 and falls off a cliff at k = 9 (and for the fp32
+    # k = 7 gradient): ../shared/device/README.md. Exact in exact arithmetic; no tap is computed twice.
+    ndim = x.ndim - 2
+    ks = kernel.shape[:ndim]
+    c = x.shape[-1]
+    xp = jnp.pad(x, [(0, 0)] + [(k // 2, k // 2) for k in ks] + [(0, 0)])
+    w = kernel.astype(x.dtype)
+    spatial = x.shape[1:-1]
+    out = None
+    for pieces in itertools.product(*(_segments(k, tile) for k in ks)):
+        window = xp[(slice(None),) + tuple(slice(o, o + s + n - 1) for (o, n), s in zip(pieces, spatial))]
+        sub = w[tuple(slice(o, o + n) for o, n in pieces)]
+        term = jax.lax.conv_general_dilated(window, sub, window_strides=(1,) * ndim, padding="VALID",
+                                            dimension_numbers=_dimension_numbers(ndim), feature_group_count=c)
+        out = term if out is None else out + term
+    return out
+
+
 def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, impl: str = "xla") -> jax.Array:
     """Depthwise (groups = C) stride-1 conv with zero padding k//2, one filter per channel.
 
-    Two numerically equivalent implementations, chosen by measurement per device:
+    Numerically equivalent implementations, chosen by measurement per device:
     - "xla": `lax.conv_general_dilated(feature_group_count=C)`. Grouped-conv gradients are a known weak spot
       of XLA (jax-ml/jax#13800: backward as slow as a dense conv on CUDA; google/flax#4207 = jax-ml/jax#23713:
       depthwise much slower than PyTorch on CPU).
     - "shift_add": the sum over the k^d taps of shifted, per-channel-scaled slices of the zero-padded input.
       Purely elementwise, so XLA fuses it (forward and backward); compile time grows with k^d.
+    - "tiled3" / "tiled4" / "tiled5": the kernel cut into sub-kernels of at most 3/4/5 taps per axis (9 -> 5 + 4),
+      each a VALID XLA depthwise conv on the matching window of the padded input, summed. Keeps every conv in the
+      kernel sizes where XLA's GPU depthwise conv is fast; a kernel no larger than the tile is one plain conv.
     A 1x..x1 kernel is a per-channel scale and skips the conv whatever `impl` says.
 
     Args:
       x: (N, *spatial, C).
       kernel: (*k, 1, C), odd k (Flax depthwise layout).
       bias: (C,) or None.
-      impl: "xla" or "shift_add".
+      impl: one of DEPTHWISE_IMPLS.
 
     Returns:
       (N, *spatial, C) in x.dtype.
@@ -102,6 +131,9 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = Non
         y = conv(x, kernel, groups=c)
     elif impl == "shift_add":
         y = _depthwise_shift_add(x, kernel)
+    elif impl.startswith("tiled") and impl in DEPTHWISE_IMPLS:
+        tile = int(impl.removeprefix("tiled"))
+        y = conv(x, kernel, groups=c) if max(kernel.shape[:ndim]) <= tile else _depthwise_tiled(x, kernel, tile)
     else:
         raise ValueError(f"unknown depthwise impl {impl!r}; expected one of {DEPTHWISE_IMPLS}")
     if bias is not None:

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from lgmsnet_jax.models import host_init
-from lgmsnet_jax.models.layers import depthwise_conv
+from lgmsnet_jax.models.layers import DEPTHWISE_IMPLS, depthwise_conv
 from lgmsnet_jax.models.lms import LMSBlock
 
 
@@ -25,11 +25,11 @@ def _numpy_depthwise(x, kernel, bias):
     return out + bias
 
 
-CASES = [(2, 1), (2, 3), (2, 5), (2, 9), (3, 1), (3, 3), (3, 5)]
+CASES = [(2, 1), (2, 3), (2, 5), (2, 7), (2, 9), (3, 1), (3, 3), (3, 5), (3, 7)]
 
 
 @pytest.mark.parametrize("ndim,k", CASES)
-@pytest.mark.parametrize("impl", ["xla", "shift_add"])
+@pytest.mark.parametrize("impl", DEPTHWISE_IMPLS)
 def test_depthwise_impl_matches_numpy_reference(ndim, k, impl):
     rng = np.random.default_rng(ndim * 10 + k)
     spatial = (12, 10) if ndim == 2 else (6, 8, 4)  # non-square: catches swapped axes
@@ -66,12 +66,32 @@ def test_lms_block_impls_agree(ndim, channels, kernels):
     x = jnp.asarray(rng.standard_normal((2,) + ((16, 12) if ndim == 2 else (10, 8, 6)) + (channels,)),
                     jnp.float32)
     outs = {}
-    for impl in ("xla", "shift_add", "grouped_padded"):
+    for impl in ("xla", "shift_add", "tiled3", "tiled5", "grouped_padded"):
         block = _block(ndim, impl, channels, kernels)
         block.eval()
         graphdef, state = nnx.split(block)
         with jax.default_matmul_precision("highest"):
             outs[impl] = np.asarray(jax.jit(lambda s, a: nnx.merge(graphdef, s)(a))(state, x))
     assert np.abs(outs["xla"]).max() > 0.1
-    np.testing.assert_allclose(outs["shift_add"], outs["xla"], atol=2e-5, rtol=0)
-    np.testing.assert_allclose(outs["grouped_padded"], outs["xla"], atol=2e-5, rtol=0)
+    for impl in ("shift_add", "tiled3", "tiled5", "grouped_padded"):
+        np.testing.assert_allclose(outs[impl], outs["xla"], atol=2e-5, rtol=0, err_msg=impl)
+
+
+@pytest.mark.parametrize("impl", ["tiled3", "tiled4", "tiled5"])
+def test_tiled_depthwise_gradients_match_xla(impl):
+    """The tiled convs are used in training: their input and kernel gradients equal the plain conv's (k = 7, 9)."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 13, 11, 4)), jnp.float32)
+    for k in (7, 9):
+        kernel = jnp.asarray(rng.standard_normal((k, k, 1, 4)), jnp.float32)
+        ct = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+
+        def loss(a, w, which):
+            return jnp.sum(depthwise_conv(a, w, impl=which) * ct)
+
+        with jax.default_matmul_precision("highest"):
+            want = jax.grad(loss, argnums=(0, 1))(x, kernel, "xla")
+            got = jax.grad(loss, argnums=(0, 1))(x, kernel, impl)
+        for g, w in zip(got, want):
+            assert float(jnp.abs(w).max()) > 1.0
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-4, rtol=1e-5)
