@@ -48,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.fold = config_dict.placeholder(int)  # reference split 1..3 (BUSI, ISIC18, TNSCUI)
     c.splits = ml_collections.ConfigDict({"train": "train", "val": "val", "test": config_dict.placeholder(str)})
     c.source_kwargs = ml_collections.ConfigDict()  # extra load_source arguments (split_scheme, val_fraction, ...)
+    # Resuming: "exact" restores the input-pipeline position (same process count needed); "restart" restores model,
+    # optimizer and step and starts a reseeded input stream (e.g. to continue a 2-process run in 1 process).
+    c.resume_data = "exact"
     c.on_bad = "error"  # bad data files: "error" = stop before training with the list; "skip" = drop them + report
     c.max_train_examples = 0  # 0 = all; >0 keeps the first N (smoke runs)
     c.max_eval_examples = 0

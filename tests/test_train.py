@@ -107,11 +107,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_run_trains_and_checkpoints(tmp_path):
+def test_two_process_run_trains_checkpoints_and_continues_in_one_process(tmp_path):
+    """2 processes train steps 1-2 and checkpoint (one data-iterator state each); a 1-process rerun refuses to guess
+    the data position, and with resume_data=restart continues from step 2 to the end."""
     port = _free_port()
     wd = tmp_path / "mp"
     cmd = [sys.executable, "-c", TINY_TRAIN] + TINY_ARGS + [
-        "--workdir", str(wd), "--num_cpu_devices=2", f"--coordinator_address=localhost:{port}", "--num_processes=2"]
+        "--workdir", str(wd), "--num_cpu_devices=2", f"--coordinator_address=localhost:{port}", "--num_processes=2",
+        "--stop_after_steps=2"]
     procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = []
@@ -125,12 +128,21 @@ def test_two_process_run_trains_and_checkpoints(tmp_path):
     for p, (so, se) in zip(procs, outs):
         assert p.returncode == 0, f"process exit {p.returncode}\n{se[-5000:]}"
     assert "process 0/2, 2 local / 4 global devices" in outs[0][1]
-    assert sorted(_losses(wd)) == list(range(1, 5))
+    assert sorted(_losses(wd)) == [1, 2]
     steps = [p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit()]
-    assert steps == ["4"]
-    assert sorted(q.name for q in (wd / "checkpoints" / "4" / "data_iter").glob("process_*.json")) == [
+    assert steps == ["2"]
+    assert sorted(q.name for q in (wd / "checkpoints" / "2" / "data_iter").glob("process_*.json")) == [
         "process_0-of-2.json", "process_1-of-2.json"]
-    assert "selected on validation" in outs[0][0] and "LGMSNet on" not in outs[1][0]  # only process 0 reports
+
+    one = TINY_ARGS + ["--workdir", str(wd), "--num_cpu_devices=2"]
+    refused = _train(one, tiny=True)
+    assert refused.returncode != 0
+    assert "written by 2 process(es) and this run has 1" in refused.stderr
+    assert "--config.resume_data=restart" in refused.stderr
+    cont = _ok(_train(one + ["--config.resume_data=restart"], tiny=True))
+    assert "Resuming from" in cont.stderr and "restarted data state" in cont.stderr
+    assert sorted(_losses(wd)) == [1, 2, 3, 4]
+    assert "selected on validation" in cont.stdout
 
 
 def test_kvasir_smoke_on_real_data(tmp_path, shared_dir):

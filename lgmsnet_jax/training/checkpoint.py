@@ -22,7 +22,8 @@ CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
 CKPT_DIR = "checkpoints"
 # Keys that may change between invocations of one run: where the data lives is not part of the experiment.
-RESUME_MUTABLE_KEYS = ("data_dir", "cache_dir", "max_run_seconds", "picture_every_epochs", "log_every")
+RESUME_MUTABLE_KEYS = ("data_dir", "cache_dir", "max_run_seconds", "picture_every_epochs", "log_every",
+                       "resume_data")
 # "select" metric of an evaluated checkpoint that did not improve (validation scores are >= 0).
 NOT_BEST = -1.0
 
@@ -180,6 +181,11 @@ def best_step(mngr: ocp.CheckpointManager) -> int | None:
         return None
     m = mngr.metrics(step) if hasattr(mngr, "metrics") else None
     return step if m and m.get("select", NOT_BEST) > NOT_BEST else None
+
+
+def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+    """The run metadata (best score/step, process count, ...) stored with checkpoint `step`."""
+    return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
 
 def restore_config(mngr: ocp.CheckpointManager, step: int) -> dict:

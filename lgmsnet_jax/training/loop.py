@@ -106,9 +106,39 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, force_config: boo
         lock.release()
 
 
+RESUME_DATA = ("exact", "restart")
+
+
+def _resume(mngr, latest: int, state, repl, run, resume_data: str, nproc: int):
+    """Restores checkpoint `latest`: (state, meta, train iterator).
+
+    "exact" restores each process's input-pipeline position too, which needs the process count the checkpoint was
+    written with (one iterator state per process); "restart" restores model, optimizer and step, and starts a new
+    input stream whose seed is offset by the step (no batch of the restarted stream repeats the original order).
+    """
+    saved = checkpoint.restore_meta(mngr, latest).get("process_count", nproc)
+    if resume_data == "exact" and saved != nproc:
+        raise checkpoint.WorkdirError(
+            f"checkpoint step {latest} in {mngr.directory} was written by {saved} process(es) and this run has "
+            f"{nproc}: its input-pipeline state (one iterator per process) cannot carry over. Rerun with {saved} "
+            f"process(es) to resume exactly, or add --config.resume_data=restart to restore the model, optimizer and "
+            f"step {latest} and restart the input stream (reseeded).")
+    logging.info("Resuming from %s step %d (%s data state)", mngr.directory, latest,
+                 "restarted" if resume_data == "restart" else "exact")
+    abstract = checkpoint.abstract_like(state, repl)
+    if resume_data == "restart":
+        state, meta, _ = checkpoint.restore(mngr, latest, abstract, data_iter=None)
+        return state, meta, run.train_iter(seed_offset=latest)
+    train_iter = run.train_iter()
+    state, meta, _ = checkpoint.restore(mngr, latest, abstract, data_iter=train_iter)
+    return state, meta, train_iter
+
+
 def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -> dict:
     pid, nproc = jax.process_index(), jax.process_count()
     is_main = pid == 0
+    if config.get("resume_data", "exact") not in RESUME_DATA:
+        raise ValueError(f"config.resume_data must be one of {RESUME_DATA}, got {config.resume_data!r}")
     task = tasks.get_task(config.task)
 
     mesh = make_mesh(devices)
@@ -132,15 +162,15 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
                                            batch_sharding=data_sh, replicated=repl,
                                            compiler_options=compiler_options)
     ctx.graphdef, ctx.eval_fn, ctx.data_sharding = graphdef, eval_fn, data_sh
-    train_iter = run.train_iter()
 
     mngr = checkpoint.make_manager(workdir)
     meta = {"best_score": checkpoint.NOT_BEST, "best_step": None, "best_epoch": None, "best_val": None}
     jsonl = writers.JsonlWriter(workdir / "metrics.jsonl") if is_main else None
     latest = mngr.latest_step()
-    if latest is not None:
-        logging.info("Resuming from %s step %d", mngr.directory, latest)
-        state, meta, _ = checkpoint.restore(mngr, latest, checkpoint.abstract_like(state, repl), data_iter=train_iter)
+    if latest is None:
+        train_iter = run.train_iter()
+    else:
+        state, meta, train_iter = _resume(mngr, latest, state, repl, run, config.get("resume_data", "exact"), nproc)
         if jsonl is not None:
             jsonl.truncate_after(latest)
     start = int(jax.device_get(state.step))
@@ -153,6 +183,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
         nonlocal last_saved
         if step == last_saved:
             return
+        meta["process_count"] = nproc  # the data state holds one iterator per process
         checkpoint.save(mngr, step, state, data_iter=train_iter, config_dict=config_dict, meta=meta,
                         metrics=None if select is None else {"select": select})
         last_saved = step
@@ -276,9 +307,9 @@ class ImageRun(tasks.TaskRun):
                      len(sources["test"]) if sources["test"] else 0, mesh.devices.size, ctx.nproc,
                      self.steps_per_epoch, self.steps_per_epoch * config.epochs)
 
-    def train_iter(self):
+    def train_iter(self, seed_offset: int = 0):
         config, ctx = self.ctx.config, self.ctx
-        train_ds = self.dp.train_dataset(self.sources["train"], seed=config.seed,
+        train_ds = self.dp.train_dataset(self.sources["train"], seed=config.seed + seed_offset,
                                          batch_size=config.batch_size // ctx.nproc,
                                          image_size=tuple(config.image_size), augment=config.augment,
                                          normalize=config.normalize, shard_index=ctx.pid, shard_count=ctx.nproc,

@@ -181,7 +181,7 @@ def prepare_data(cfg: Any, workdir: str | pathlib.Path | None = None, *, max_tra
     return Seg3DData(cache_dir, train, val, CLASS_NAMES[cfg.dataset], split_path)
 
 
-def train_dataset(data: Seg3DData, cfg: Any, *, volumes_per_batch: int, shard_index: int = 0,
+def train_dataset(data: Seg3DData, cfg: Any, *, volumes_per_batch: int, seed_offset: int = 0, shard_index: int = 0,
                   shard_count: int = 1) -> grain.MapDataset:
     """This process's endless patch stream (data_pipelines.patches.patch_dataset).
 
@@ -191,7 +191,7 @@ def train_dataset(data: Seg3DData, cfg: Any, *, volumes_per_batch: int, shard_in
       volumes_per_batch: volumes per batch on this process; rows = volumes_per_batch * patch.num_samples.
       shard_index, shard_count: this process and the process count.
     """
-    return patches.patch_dataset(data.cache_dir, data.train_names, patch_config(cfg), seed=int(cfg.seed),
+    return patches.patch_dataset(data.cache_dir, data.train_names, patch_config(cfg), seed=int(cfg.seed) + seed_offset,
                                  volumes_per_batch=volumes_per_batch, shard_index=shard_index,
                                  shard_count=shard_count)
 
@@ -307,15 +307,15 @@ class Seg3DRun(tasks.TaskRun):
                      config.dataset, len(self.data.train_names), len(self.data.val_names), global_batch,
                      tuple(config.patch.patch_size), self.steps_per_epoch, self.steps_per_epoch * config.epochs)
 
-    def train_iter(self):
+    def train_iter(self, seed_offset: int = 0):
         ctx, config, data = self.ctx, self.ctx.config, self.data
         sw = config.sw
         self.predict = make_volume_predictor(ctx.graphdef, roi_size=tuple(sw.roi_size), overlap=float(sw.overlap),
                                              mode=sw.mode, sw_batch_size=int(sw.sw_batch_size))
         self.canvas = validation_canvas(data, tuple(sw.roi_size)) if data.val_names else None
         per_process_volumes = self.volumes_per_step // ctx.nproc
-        ds = train_dataset(data, config, volumes_per_batch=per_process_volumes, shard_index=ctx.pid,
-                           shard_count=ctx.nproc)
+        ds = train_dataset(data, config, volumes_per_batch=per_process_volumes, seed_offset=seed_offset,
+                           shard_index=ctx.pid, shard_count=ctx.nproc)
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(config.get("read_threads", 2)),
                                                   prefetch_buffer_size=int(config.get("prefetch", 4))))
         if config.num_workers > 0:
@@ -323,7 +323,7 @@ class Seg3DRun(tasks.TaskRun):
             _mark_flags_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.num_workers),
                                                              per_worker_buffer_size=2))
-        settings = {"seed": int(config.seed), "volumes_per_batch": per_process_volumes,
+        settings = {"seed": int(config.seed) + seed_offset, "volumes_per_batch": per_process_volumes,
                     "num_volumes": len(data.train_names),
                     "patch": {k: list(v) if isinstance(v, tuple) else v for k, v in dict(config.patch).items()},
                     "shard_index": ctx.pid, "shard_count": ctx.nproc, "worker_count": int(config.num_workers)}

@@ -96,8 +96,9 @@ class TaskRun:
     has_val: bool
     rate_key: str = "train/img_per_s"
 
-    def train_iter(self) -> Iterator[dict]:
-        """This process's checkpointable train batch iterator (called once ctx.graphdef is set)."""
+    def train_iter(self, seed_offset: int = 0) -> Iterator[dict]:
+        """This process's checkpointable train batch iterator (called once ctx.graphdef is set); `seed_offset`
+        is added to the pipeline seed (a restarted input stream, see loop.restore_or_restart)."""
         raise NotImplementedError
 
     def time_up(self, step: int) -> bool:
