@@ -48,8 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.fold = config_dict.placeholder(int)  # reference split 1..3 (BUSI, ISIC18, TNSCUI)
     c.splits = ml_collections.ConfigDict({"train": "train", "val": "val", "test": config_dict.placeholder(str)})
     c.source_kwargs = ml_collections.ConfigDict()  # extra load_source arguments (split_scheme, val_fraction, ...)
-    # Resuming: "exact" restores the input-pipeline position (same process count needed); "restart" restores model,
-    # optimizer and step and starts a reseeded input stream (e.g. to continue a 2-process run in 1 process).
+    # Resuming: "exact" continues the input stream where it stopped (2D: from the step, with any process count;
+    # 3D: from the saved iterator states, same process count); "restart" restores model, optimizer and step and
+    # starts a reseeded input stream (e.g. to continue a 3D run with another process count).
     c.resume_data = "exact"
     c.on_bad = "error"  # bad data files: "error" = stop before training with the list; "skip" = drop them + report
     c.max_train_examples = 0  # 0 = all; >0 keeps the first N (smoke runs)

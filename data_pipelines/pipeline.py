@@ -1,7 +1,8 @@
 """Grain pipelines: infinite, seeded, augmented training batches and padded one-pass evaluation batches.
 
-Every random choice is a function of (seed, shard, position in the stream), so batches are identical with any
-worker count and a restored iterator continues exactly where the saved one stopped.
+Every random choice is a function of (seed, position in the global stream), so batches are identical with any
+worker count, the global batch of a step is the same with any process count (each process holds its rows), and a
+stream can start at any step (`start_step`) or continue from a saved iterator state.
 """
 from __future__ import annotations
 
@@ -27,9 +28,29 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
     return math.ceil(num_examples / global_batch_size)
 
 
-def _shard_seed(seed: int, shard_index: int) -> int:
-    # Distinct streams per process: the same seed everywhere would give every shard's k-th record the same draw.
-    return int(np.random.SeedSequence([int(seed), int(shard_index)]).generate_state(1)[0])
+class ProcessRows(grain.MapDataset):
+    """This process's rows of every global batch: local record m is global record
+    (m // b) * b * shard_count + shard_index * b + m % b, with b the per-process batch size.
+
+    So process k's j-th batch is rows [k*b, (k+1)*b) of the global stream's j-th batch of b*shard_count records,
+    whatever the number of processes.
+    """
+
+    def __init__(self, parent: grain.MapDataset, batch_size: int, shard_index: int, shard_count: int):
+        super().__init__(parent)
+        self._b, self._k, self._n = batch_size, shard_index, shard_count
+
+    def __len__(self) -> int:
+        return len(self._parent) // (self._b * self._n) * self._b
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        j, r = divmod(index, self._b)
+        return self._parent[(j * self._n + self._k) * self._b + r]
+
+    def __str__(self) -> str:
+        return f"ProcessRows(batch_size={self._b}, shard_index={self._k}, shard_count={self._n})"
 
 
 def _mark_flags_parsed() -> None:
@@ -140,13 +161,14 @@ class CheckedIterator(grain.DatasetIterator):
 
 def train_dataset(src, *, seed: int, batch_size: int, image_size: Sequence[int] = (256, 256),
                   augment: str = "busi", normalize: str = "imagenet", shard_index: int = 0, shard_count: int = 1,
-                  worker_count: int = 0, prefetch: int = 4, read_threads: int | None = None,
+                  start_step: int = 0, worker_count: int = 0, prefetch: int = 4, read_threads: int | None = None,
                   worker_buffer_size: int = 2) -> CheckedIterDataset:
     """Infinite training stream of augmented, normalised batches.
 
-    Order: shard (records shard_index::shard_count) -> seeded shuffle, reshuffled every epoch -> repeat ->
-    per-record augmentation (rng from seed, shard and stream position, i.e. epoch and index) -> batch
-    (drop_remainder) on the MapDataset -> prefetch (threads, or `worker_count` processes).
+    Order: seeded shuffle of all records, reshuffled every epoch -> repeat -> per-record augmentation (rng from
+    seed and global stream position) -> this process's rows of each global batch of batch_size * shard_count
+    records (`ProcessRows`) -> batch on the MapDataset -> skip `start_step` batches -> prefetch (threads, or
+    `worker_count` processes). One process with batch 16 and two with batch 8 see the same global batches.
 
     Args:
       src: random-access source (`load_source`); records {"image" uint8 (H, W, 3), "mask" uint8 (H, W)}.
@@ -156,6 +178,7 @@ def train_dataset(src, *, seed: int, batch_size: int, image_size: Sequence[int] 
       augment: "busi" (BUSI/ISIC/TNSCUI recipe), "kvasir" or "none".
       normalize: "imagenet", "reference_bgr" (exact reference input, BGR) or "unit".
       shard_index, shard_count: this process and the number of processes (pass jax.process_index()/count()).
+      start_step: the first global step of the stream (resuming at a step needs no saved iterator state).
       worker_count: Grain worker processes (0 = in-process).
       prefetch: batches buffered ahead (in-process).
       read_threads: threads per process mapping records (default 4 in-process, 1 per worker process).
@@ -167,15 +190,17 @@ def train_dataset(src, *, seed: int, batch_size: int, image_size: Sequence[int] 
     """
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} must be in [0, {shard_count})")
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
     n = len(src)
-    ds = grain.MapDataset.source(src)
-    if shard_count > 1:
-        ds = ds[shard_index::shard_count]
-    if len(ds) < batch_size:
-        raise ValueError(f"shard {shard_index}/{shard_count} has {len(ds)} records, fewer than batch_size {batch_size}")
-    ds = (ds.seed(_shard_seed(seed, shard_index)).shuffle().repeat(None)
-          .random_map(TrainMap(augment, image_size))
-          .batch(batch_size, drop_remainder=True, batch_fn=NormalizeBatch(normalize)))
+    if n < batch_size * shard_count:
+        raise ValueError(f"{n} records, fewer than the global batch {batch_size} x {shard_count} process(es)")
+    ds = (grain.MapDataset.source(src).seed(int(seed)).shuffle().repeat(None)
+          .random_map(TrainMap(augment, image_size)))
+    ds = ProcessRows(ds, batch_size, shard_index, shard_count).batch(batch_size, drop_remainder=True,
+                                                                     batch_fn=NormalizeBatch(normalize))
+    if start_step:
+        ds = ds[start_step:]
     threads = read_threads if read_threads is not None else (1 if worker_count else 4)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
     if worker_count > 0:
@@ -184,7 +209,7 @@ def train_dataset(src, *, seed: int, batch_size: int, image_size: Sequence[int] 
                                                          per_worker_buffer_size=worker_buffer_size))
     settings = {"seed": int(seed), "batch_size": int(batch_size), "image_size": [int(s) for s in image_size],
                 "augment": augment, "normalize": normalize, "num_records": int(n), "shard_index": int(shard_index),
-                "shard_count": int(shard_count), "worker_count": int(worker_count)}
+                "shard_count": int(shard_count), "start_step": int(start_step), "worker_count": int(worker_count)}
     return CheckedIterDataset(it, settings)
 
 

@@ -5,6 +5,7 @@ the narrow LGMSNet once per CI run.
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -107,9 +108,9 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_run_trains_checkpoints_and_continues_in_one_process(tmp_path):
-    """2 processes train steps 1-2 and checkpoint (one data-iterator state each); a 1-process rerun refuses to guess
-    the data position, and with resume_data=restart continues from step 2 to the end."""
+def test_two_process_run_matches_one_process_and_resumes_in_one_process(tmp_path):
+    """2 processes (batch 2 each) train steps 1-2 and checkpoint; 1 process (batch 4) resumes at step 3. Every loss
+    equals an uninterrupted 1-process run's: each step's global batch is the same whatever the process count."""
     port = _free_port()
     wd = tmp_path / "mp"
     cmd = [sys.executable, "-c", TINY_TRAIN] + TINY_ARGS + [
@@ -134,15 +135,22 @@ def test_two_process_run_trains_checkpoints_and_continues_in_one_process(tmp_pat
     assert sorted(q.name for q in (wd / "checkpoints" / "2" / "data_iter").glob("process_*.json")) == [
         "process_0-of-2.json", "process_1-of-2.json"]
 
-    one = TINY_ARGS + ["--workdir", str(wd), "--num_cpu_devices=2"]
-    refused = _train(one, tiny=True)
-    assert refused.returncode != 0
-    assert "written by 2 process(es) and this run has 1" in refused.stderr
-    assert "--config.resume_data=restart" in refused.stderr
-    cont = _ok(_train(one + ["--config.resume_data=restart"], tiny=True))
-    assert "Resuming from" in cont.stderr and "restarted data state" in cont.stderr
-    assert sorted(_losses(wd)) == [1, 2, 3, 4]
+    restarted = tmp_path / "restarted"
+    shutil.copytree(wd, restarted)
+    ref = tmp_path / "ref"
+    _ok(_train(TINY_ARGS + ["--workdir", str(ref), "--num_cpu_devices=2"], tiny=True))
+    cont = _ok(_train(TINY_ARGS + ["--workdir", str(wd), "--num_cpu_devices=2"], tiny=True))
+    assert "input stream from the step" in cont.stderr
     assert "selected on validation" in cont.stdout
+    got, want = _losses(wd), _losses(ref)
+    assert sorted(got) == sorted(want) == [1, 2, 3, 4]
+    np.testing.assert_allclose([got[s] for s in range(1, 5)], [want[s] for s in range(1, 5)], atol=1e-5, rtol=0)
+    # resume_data=restart: same model and step, a reseeded stream (other batches, so other losses).
+    again = _ok(_train(TINY_ARGS + ["--workdir", str(restarted), "--num_cpu_devices=2",
+                                    "--config.resume_data=restart"], tiny=True))
+    assert "restarted data state" in again.stderr
+    other = _losses(restarted)
+    assert sorted(other) == [1, 2, 3, 4] and other[1] == got[1] and other[3] != got[3]
 
 
 def test_kvasir_smoke_on_real_data(tmp_path, shared_dir):

@@ -112,10 +112,16 @@ RESUME_DATA = ("exact", "restart")
 def _resume(mngr, latest: int, state, repl, run, resume_data: str, nproc: int):
     """Restores checkpoint `latest`: (state, meta, train iterator).
 
-    "exact" restores each process's input-pipeline position too, which needs the process count the checkpoint was
-    written with (one iterator state per process); "restart" restores model, optimizer and step, and starts a new
-    input stream whose seed is offset by the step (no batch of the restarted stream repeats the original order).
+    "exact" continues the input stream where it stopped: from the step alone when the run's stream allows it
+    (`TaskRun.stream_from_step`, 2D: any process or worker count), else from each process's saved iterator state,
+    which needs the process count the checkpoint was written with. "restart" restores model, optimizer and step,
+    and starts a new input stream whose seed is offset by the step.
     """
+    abstract = checkpoint.abstract_like(state, repl)
+    if resume_data == "exact" and run.stream_from_step:
+        logging.info("Resuming from %s step %d (input stream from the step)", mngr.directory, latest)
+        state, meta, _ = checkpoint.restore(mngr, latest, abstract, data_iter=None)
+        return state, meta, run.train_iter(start_step=latest)
     saved = checkpoint.restore_meta(mngr, latest).get("process_count", nproc)
     if resume_data == "exact" and saved != nproc:
         raise checkpoint.WorkdirError(
@@ -125,7 +131,6 @@ def _resume(mngr, latest: int, state, repl, run, resume_data: str, nproc: int):
             f"step {latest} and restart the input stream (reseeded).")
     logging.info("Resuming from %s step %d (%s data state)", mngr.directory, latest,
                  "restarted" if resume_data == "restart" else "exact")
-    abstract = checkpoint.abstract_like(state, repl)
     if resume_data == "restart":
         state, meta, _ = checkpoint.restore(mngr, latest, abstract, data_iter=None)
         return state, meta, run.train_iter(seed_offset=latest)
@@ -307,9 +312,11 @@ class ImageRun(tasks.TaskRun):
                      len(sources["test"]) if sources["test"] else 0, mesh.devices.size, ctx.nproc,
                      self.steps_per_epoch, self.steps_per_epoch * config.epochs)
 
-    def train_iter(self, seed_offset: int = 0):
+    stream_from_step = True  # data_pipelines.train_dataset: the global batch of a step is process-count free
+
+    def train_iter(self, seed_offset: int = 0, start_step: int = 0):
         config, ctx = self.ctx.config, self.ctx
-        train_ds = self.dp.train_dataset(self.sources["train"], seed=config.seed + seed_offset,
+        train_ds = self.dp.train_dataset(self.sources["train"], seed=config.seed + seed_offset, start_step=start_step,
                                          batch_size=config.batch_size // ctx.nproc,
                                          image_size=tuple(config.image_size), augment=config.augment,
                                          normalize=config.normalize, shard_index=ctx.pid, shard_count=ctx.nproc,

@@ -307,7 +307,9 @@ class Seg3DRun(tasks.TaskRun):
                      config.dataset, len(self.data.train_names), len(self.data.val_names), global_batch,
                      tuple(config.patch.patch_size), self.steps_per_epoch, self.steps_per_epoch * config.epochs)
 
-    def train_iter(self, seed_offset: int = 0):
+    def train_iter(self, seed_offset: int = 0, start_step: int = 0):
+        if start_step:
+            raise ValueError("the 3D patch stream resumes from its saved iterator state, not from a step")
         ctx, config, data = self.ctx, self.ctx.config, self.data
         sw = config.sw
         self.predict = make_volume_predictor(ctx.graphdef, roi_size=tuple(sw.roi_size), overlap=float(sw.overlap),

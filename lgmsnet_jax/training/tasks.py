@@ -90,15 +90,22 @@ class TaskRun:
       steps_per_epoch: optimizer steps per epoch.
       has_val: whether a validation split exists (validation runs, best-checkpoint selection).
       rate_key: metrics.jsonl key of the training throughput (examples per second of the global batch).
+      stream_from_step: True when `train_iter(start_step=s)` gives exactly the stream after s steps, for any
+        process count (then resuming needs no saved iterator state); False resumes from the saved state.
     """
 
     steps_per_epoch: int
     has_val: bool
     rate_key: str = "train/img_per_s"
+    stream_from_step: bool = False
 
-    def train_iter(self, seed_offset: int = 0) -> Iterator[dict]:
-        """This process's checkpointable train batch iterator (called once ctx.graphdef is set); `seed_offset`
-        is added to the pipeline seed (a restarted input stream, see loop.restore_or_restart)."""
+    def train_iter(self, seed_offset: int = 0, start_step: int = 0) -> Iterator[dict]:
+        """This process's checkpointable train batch iterator (called once ctx.graphdef is set).
+
+        Args:
+          seed_offset: added to the pipeline seed (a restarted, reseeded input stream; loop._resume).
+          start_step: first global step of the stream (only when `stream_from_step`).
+        """
         raise NotImplementedError
 
     def time_up(self, step: int) -> bool:

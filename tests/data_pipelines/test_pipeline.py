@@ -172,3 +172,26 @@ def test_eval_shards_have_equal_batch_counts_and_cover_the_source():
 @pytest.mark.parametrize("n,b,want", [(452, 16, 29), (448, 16, 28), (1, 8, 1)])
 def test_steps_per_epoch_is_ceil(n, b, want):
     assert dp.steps_per_epoch(n, b) == want
+
+
+def test_global_batches_do_not_depend_on_the_process_count():
+    """Process k's j-th batch is rows [k*b, (k+1)*b) of the 1-process j-th batch: same data for 1, 2 or 4 processes."""
+    src = IndexSource(20)
+    one = _take(_train(src, batch_size=8), 6)  # 6 steps: crosses two epoch boundaries
+    for n in (2, 4):
+        parts = [_take(_train(src, batch_size=8 // n, shard_index=k, shard_count=n), 6) for k in range(n)]
+        for j in range(6):
+            assert sum((_ids(p[j]) for p in parts), []) == _ids(one[j])
+
+
+def test_stream_can_start_at_any_step():
+    src = IndexSource(10)
+    full = _take(_train(src, batch_size=4, augment="busi", shard_index=1, shard_count=2, seed=3), 7)
+    late = _take(_train(src, batch_size=4, augment="busi", shard_index=1, shard_count=2, seed=3, start_step=4), 3)
+    for a, b in zip(full[4:], late):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["mask"], b["mask"])
+    with pytest.raises(ValueError, match="start_step"):
+        _train(src, start_step=-1)
+    with pytest.raises(ValueError, match="fewer than the global batch 4 x 3"):
+        _train(src, shard_count=3)

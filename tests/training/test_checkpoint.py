@@ -72,3 +72,30 @@ def test_config_on_bad_reaches_the_data_loader(tmp_path):
     ids = {sources[r][i]["id"] for r in ("train", "val", "test") if sources[r] is not None
            for i in range(len(sources[r]))}
     assert "corrupt" not in ids and len(ids) == 10
+
+
+def test_resume_of_saved_iterator_states_needs_the_same_process_count(tmp_path):
+    """Runs whose stream resumes from saved iterator states (3D) stop with the way out when the process count
+    differs from the checkpoint's; resume_data=restart then asks for a reseeded stream."""
+    import jax.numpy as jnp
+    from lgmsnet_jax.training import checkpoint, loop
+
+    class StateStream:
+        stream_from_step = False
+        calls = []
+
+        def train_iter(self, seed_offset=0, start_step=0):
+            self.calls.append((seed_offset, start_step))
+            return None
+
+    mngr = checkpoint.make_manager(tmp_path)
+    state = {"w": jnp.arange(3.0)}
+    checkpoint.save(mngr, 5, state, data_iter=None, config_dict={}, meta={"process_count": 2})
+    mngr.wait_until_finished()
+    run = StateStream()
+    with pytest.raises(checkpoint.WorkdirError, match=r"written by 2 process\(es\) and this run has 1.*"
+                                                      r"resume_data=restart"):
+        loop._resume(mngr, 5, state, None, run, "exact", 1)
+    restored, meta, _ = loop._resume(mngr, 5, state, None, run, "restart", 1)
+    assert run.calls == [(5, 0)] and meta["process_count"] == 2
+    np.testing.assert_array_equal(restored["w"], [0.0, 1.0, 2.0])
