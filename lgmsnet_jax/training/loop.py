@@ -316,6 +316,10 @@ class ImageRun(tasks.TaskRun):
 
     def train_iter(self, seed_offset: int = 0, start_step: int = 0):
         config, ctx = self.ctx.config, self.ctx
+        b = config.batch_size // ctx.nproc
+        logging.info("input: process %d/%d reads rows [%d, %d) of every global batch of %d (%d training records), "
+                     "from step %d", ctx.pid, ctx.nproc, ctx.pid * b, (ctx.pid + 1) * b, config.batch_size,
+                     len(self.sources["train"]), start_step)
         train_ds = self.dp.train_dataset(self.sources["train"], seed=config.seed + seed_offset, start_step=start_step,
                                          batch_size=config.batch_size // ctx.nproc,
                                          image_size=tuple(config.image_size), augment=config.augment,
