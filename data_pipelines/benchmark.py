@@ -37,10 +37,14 @@ def synthetic_cache(folder: pathlib.Path, n: int, size: tuple[int, int]) -> Cach
 
 
 def measure(src, *, workers: int, augment: str, batch_size: int, size: tuple[int, int], seconds: float,
-            min_batches: int) -> dict:
-    """Steady-state images/s of `train_dataset` (after warm-up batches), plus time to the first batch."""
+            min_batches: int, read_threads: int | None = None) -> dict:
+    """Steady-state images/s of `train_dataset` (after warm-up batches), plus time to the first batch.
+
+    read_threads: record-mapping threads per process (None: the pipeline's default, 4 in-process, 1 per
+    worker). With 1 and 0 workers, the CPU ms/image is the single-core cost that a worker process pays.
+    """
     ds = train_dataset(src, seed=0, batch_size=batch_size, image_size=size, augment=augment, worker_count=workers,
-                       prefetch=8, worker_buffer_size=4)
+                       prefetch=8, worker_buffer_size=4, read_threads=read_threads)
     t0 = time.perf_counter()
     it = iter(ds)
     next(it)
@@ -56,7 +60,7 @@ def measure(src, *, workers: int, augment: str, batch_size: int, size: tuple[int
     it.close()
     del it
     gc.collect()
-    return {"workers": workers, "augment": augment, "images_per_s": round(n * batch_size / dt, 1),
+    return {"workers": workers, "read_threads": read_threads, "augment": augment, "images_per_s": round(n * batch_size / dt, 1),
             "batches": n, "seconds": round(dt, 2), "first_batch_s": round(first, 2),
             # CPU time of this process (all threads) per image: with 0 workers it is the whole pipeline's cost,
             # which does not depend on other load on the machine and bounds images/s on N free cores by N / cost.
@@ -75,6 +79,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--records", type=int, default=512, help="synthetic records")
     p.add_argument("--seconds", type=float, default=8.0, help="measuring time per setting")
     p.add_argument("--min-batches", type=int, default=10)
+    p.add_argument("--read-threads", type=int, default=None,
+                   help="record-mapping threads per process (default: 4 in-process, 1 per worker process)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     a = p.parse_args(argv)
     size = (a.image_size, a.image_size)
@@ -85,17 +91,18 @@ def main(argv=None) -> list[dict]:
         else:
             src = synthetic_cache(pathlib.Path(tmp), a.records, size)
         rows = [measure(src, workers=w, augment=aug, batch_size=a.batch_size, size=size, seconds=a.seconds,
-                        min_batches=a.min_batches) for aug in a.augment for w in a.workers]
+                        min_batches=a.min_batches, read_threads=a.read_threads) for aug in a.augment for w in a.workers]
     meta = {"command": "python -m data_pipelines.benchmark " + " ".join(argv or []), "cpus": os.cpu_count(),
             "machine": platform.node(), "processor": platform.processor() or platform.machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "dataset": a.data_dir and a.dataset or f"synthetic cache ({a.records} records)",
-            "image_size": a.image_size, "batch_size": a.batch_size}
+            "image_size": a.image_size, "batch_size": a.batch_size, "read_threads": a.read_threads}
     if a.json:
         print(json.dumps({"meta": meta, "results": rows}, indent=1))
     else:
+        threads = "default" if a.read_threads is None else a.read_threads
         print(f"# {meta['date']}  {meta['cpus']} CPUs ({meta['processor']})  {meta['dataset']}  "
-              f"{a.image_size}x{a.image_size}  batch {a.batch_size}")
+              f"{a.image_size}x{a.image_size}  batch {a.batch_size}  read threads {threads}")
         print("| augment | workers | images/s | first batch (s) | CPU ms/image (0 workers) |")
         print("|---|---|---|---|---|")
         for r in rows:

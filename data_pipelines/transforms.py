@@ -7,6 +7,7 @@ Warps run in PIL's C code (numpy gather-based bilinear remaps cost ~12 ms per 25
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 from PIL import Image
@@ -219,21 +220,26 @@ def elastic_affine_matrix(rng: np.random.Generator, h: int, w: int, alpha_affine
 
 
 def displacement_field(rng: np.random.Generator, gy: np.ndarray, gx: np.ndarray, h: int, w: int,
-                       alpha: float = 1.0, sigma: float = 50.0, step: int = 8) -> tuple[np.ndarray, np.ndarray]:
+                       alpha: float = 1.0, sigma: float = 50.0, step: int = 8, tolerance: float = 0.0
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
     """ElasticTransform's smooth displacement (alpha * gaussian_filter(U(-1,1), sigma)) at points (gy, gx).
 
     Drawn on a grid `step` times coarser and read off with bilinear interpolation; the field is smooth at scale
     sigma, so little is lost, at a fraction of the cost. A Gaussian of width sigma/step sums step**2 fewer
     samples than one of width sigma, each weighted step**2 more, so the coarse noise is divided by `step` to keep
     the full-resolution field's variance (alpha**2 / (3 * 4 * pi * sigma**2) per component).
+
+    Returns:
+      (dy, dx) float64 shaped like gy, or None when every coarse value is below `tolerance` in magnitude (the
+      interpolated values cannot exceed the coarse ones, so the whole field is then below it).
     """
     ch, cw = h // step + 2, w // step + 2
-    out = []
-    for _ in range(2):
-        noise = rng.uniform(-1.0, 1.0, (ch, cw)) / step
-        field = ndimage.gaussian_filter(noise, sigma / step, mode="reflect") * alpha
-        out.append(ndimage.map_coordinates(field, [gy / step, gx / step], order=1, mode="nearest"))
-    return out[0], out[1]
+    fields = [ndimage.gaussian_filter(rng.uniform(-1.0, 1.0, (ch, cw)) / step, sigma / step, mode="reflect") * alpha
+              for _ in range(2)]
+    if max(np.abs(f).max() for f in fields) < tolerance:
+        return None
+    dy, dx = (ndimage.map_coordinates(f, [gy / step, gx / step], order=1, mode="nearest") for f in fields)
+    return dy, dx
 
 
 # Below this many pixels the elastic displacement is dropped and the warp is the affine alone: at the recipe's
@@ -281,8 +287,152 @@ def _reflect_pad(im: Image.Image, x0: int, y0: int, x1: int, y1: int) -> Image.I
     return im
 
 
+def _fold_matrix(k: int, n: int) -> tuple[float, float]:
+    """(scale, offset) of reflect-101 on PIL coordinates in fold tile k of an axis of n pixels: tile k holds
+    pixel-centre coordinates [k (n - 1), (k + 1) (n - 1)] and maps onto the image mirrored when k is odd."""
+    return (1.0, -k * (n - 1.0)) if k % 2 == 0 else (-1.0, (k + 1) * (n - 1.0) + 1.0)
+
+
+def folded_warp(image: Image.Image, mask: Image.Image, inverse: np.ndarray, to_source: np.ndarray | None = None,
+                *, upsampled: bool = False) -> tuple[Image.Image, Image.Image]:
+    """One resampling pass of out(p) = S(to_source(R(inverse(p)))), R = reflect-101 onto the (W, H) frame.
+
+    This is a reflect-101 affine warp of an intermediate image I = S o to_source (e.g. a flipped and affinely
+    warped source, 0 outside S), computed without building I or a padded copy: R is affine on each fold tile,
+    so the output is the main tile's affine warp plus, for each other tile the output reaches, a warp of that
+    tile's pixels pasted over it. Bilinear interpolation of a reflect-101 extension is itself mirror-symmetric
+    about the folds, so this equals the two-pass result up to the second pass's resampling blur, and reflects
+    to any distance (cv2's BORDER_REFLECT_101).
+
+    Args:
+      image: RGB source S, or with `upsampled` its `upsample2` version; mask: L source (nearest).
+      inverse: (2, 3) map from output to intermediate-frame coordinates (PIL coordinates: pixel (i, j) is
+        the unit square at (i, j), sampled at its centre).
+      to_source: (2, 3) map from intermediate-frame to source coordinates (None: identity). The frame and the
+        output have the source's (the mask's) size.
+      upsampled: sample `image` as `sample` does.
+
+    Returns:
+      (image of `image`'s mode, L mask) of the mask's size.
+    """
+    w, h = mask.size
+    g = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0)) if to_source is None else tuple(map(tuple, np.asarray(to_source).tolist()))
+    e = tuple(map(tuple, np.asarray(inverse).tolist()))
+    corners = np.array([[0.5, 0.5], [w - 0.5, 0.5], [0.5, h - 0.5], [w - 0.5, h - 0.5]]) @ np.array(e)[:, :2].T + np.array(e)[:, 2]
+    (kx0, ky0), (kx1, ky1) = [np.floor((f(corners, axis=0) - 0.5) / (np.array([w, h]) - 1.0)).astype(int).tolist()
+                              for f in (np.min, np.max)]
+
+    def tile_map(i: int, j: int, x0: int = 0, y0: int = 0) -> np.ndarray:
+        """to_source o fold(i, j) o inverse o shift(x0, y0), in plain floats (this runs per tile)."""
+        (sx, tx), (sy, ty) = _fold_matrix(i, w), _fold_matrix(j, h)
+        f = ((sx * e[0][0], sx * e[0][1], sx * (e[0][2] + e[0][0] * x0 + e[0][1] * y0) + tx),
+             (sy * e[1][0], sy * e[1][1], sy * (e[1][2] + e[1][0] * x0 + e[1][1] * y0) + ty))
+        return np.array([[g[r][0] * f[0][c] + g[r][1] * f[1][c] + (g[r][2] if c == 2 else 0.0) for c in range(3)]
+                         for r in range(2)])
+
+    main = (min(max(0, kx0), kx1), min(max(0, ky0), ky1))
+    out_i = sample(image, (w, h), tile_map(*main), upsampled)
+    out_m = _transform(mask, (w, h), tile_map(*main), Image.Resampling.NEAREST)
+    if (kx0, ky0) == (kx1, ky1):
+        return out_i, out_m
+    rows = np.arange(h, dtype=np.float64) + 0.5
+    y_tiles = {j: _tile_columns(e[1], rows, j, h, w) for j in range(ky0, ky1 + 1)}
+    for i in range(kx0, kx1 + 1):
+        xa, xb = _tile_columns(e[0], rows, i, w, w)
+        for j in range(ky0, ky1 + 1):
+            if (i, j) == main:
+                continue
+            ya, yb = y_tiles[j]
+            start, stop = np.maximum(xa, ya), np.minimum(xb, yb)  # per output row: pixels [start, stop) in the tile
+            hit = np.flatnonzero(stop > start)
+            if not len(hit):
+                continue
+            y0, y1 = int(hit[0]), int(hit[-1]) + 1
+            x0, x1 = int(start[hit].min()), int(stop[hit].max())
+            cols = np.arange(x0, x1)
+            paste = Image.fromarray((cols >= start[y0:y1, None]) & (cols < stop[y0:y1, None]))  # mode "1": a copy, no blend
+            m = tile_map(i, j, x0, y0)
+            out_i.paste(sample(image, (x1 - x0, y1 - y0), m, upsampled), (x0, y0), paste)
+            out_m.paste(_transform(mask, (x1 - x0, y1 - y0), m, Image.Resampling.NEAREST), (x0, y0), paste)
+    return out_i, out_m
+
+
+def _tile_columns(row_map: np.ndarray, rows: np.ndarray, k: int, n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per output row, the output columns [start, stop) whose pixel centres fall in fold tile k of one axis.
+
+    Args:
+      row_map: (3,) one row (a, b, c) of the output -> frame map, u = a x + b y + c - 0.5 in pixel-centre units.
+      rows: float64 (H,) output row centres y.
+      k: fold tile index; n: the frame's length along this axis; width: the output's width.
+    """
+    a, b, c = row_map
+    r = b * rows + c - 0.5 + 0.5 * a  # u at column x is a * x + r
+    lo, hi = k * (n - 1.0) - r, (k + 1) * (n - 1.0) - r  # want lo <= a x < hi
+    if abs(a) < 1e-12:
+        inside = (lo <= 0) & (0 < hi)
+        return np.zeros(len(rows), np.int64), np.where(inside, width, 0).astype(np.int64)
+    if a > 0:
+        start, stop = np.ceil(lo / a), np.ceil(hi / a)
+    else:
+        start, stop = np.floor(hi / a) + 1, np.floor(lo / a) + 1
+    return np.clip(start, 0, width).astype(np.int64), np.clip(stop, 0, width).astype(np.int64)
+
+
 def _transform(im: Image.Image, size: tuple[int, int], inverse: np.ndarray, resample) -> Image.Image:
     return im.transform(size, Image.Transform.AFFINE, tuple(inverse.ravel().tolist()), resample)
+
+
+_LOW7 = np.uint32(0x7F7F7F7F)
+
+
+def upsample2(image: np.ndarray, out: np.ndarray | None = None) -> Image.Image:
+    """uint8 RGB (H, W, 3) -> RGBX PIL image (2W-1, 2H-1): the pixels at even positions, linear midpoints between.
+
+    Midpoints are byte-wise averages of packed RGBX words ((a | b) - ((a ^ b) >> 1 & 0x7f..): rounds half
+    up along x; (a & b) + ((a ^ b) >> 1 & 0x7f..): half down along y), so exact to the rounding.
+
+    Args:
+      image: uint8 (H, W, 3).
+      out: optional uint32 (2H-1, 2W-1) buffer to fill; the image then shares its memory. A fresh 1 MB
+        buffer per call costs ~250 page faults (~1 ms, more than the upsampling), so augment_kvasir reuses one.
+    """
+    h, w, _ = image.shape
+    x = np.frombuffer(Image.fromarray(np.ascontiguousarray(image)).tobytes("raw", "RGBX"), np.uint32).reshape(h, w)
+    if out is None:
+        out = np.empty((2 * h - 1, 2 * w - 1), np.uint32)
+    elif out.shape != (2 * h - 1, 2 * w - 1) or out.dtype != np.uint32:
+        raise ValueError(f"out must be uint32 {(2 * h - 1, 2 * w - 1)}, got {out.dtype} {out.shape}")
+    even = out[0::2]
+    even[:, 0::2] = x
+    a, b = x[:, :-1], x[:, 1:]
+    even[:, 1::2] = (a | b) - ((a ^ b) >> 1 & _LOW7)
+    a, b = out[0:-1:2], out[2::2]
+    out[1::2] = (a & b) + ((a ^ b) >> 1 & _LOW7)
+    return Image.frombuffer("RGBX", (2 * w - 1, 2 * h - 1), out, "raw", "RGBX", 0, 1)
+
+
+_SCRATCH = threading.local()  # per-thread upsampling buffer (Grain maps records in several threads)
+
+
+def _scratch_u32(shape: tuple[int, int]) -> np.ndarray:
+    buf = getattr(_SCRATCH, "u32", None)
+    if buf is None or buf.shape != shape:
+        buf = _SCRATCH.u32 = np.empty(shape, np.uint32)
+    return buf
+
+
+def sample(image: Image.Image, size: tuple[int, int], inverse: np.ndarray, upsampled: bool) -> Image.Image:
+    """Affine resampling of `image` at the output pixel centres mapped by `inverse` (PIL coordinates), 0 outside.
+
+    upsampled=False: PIL bilinear. upsampled=True: `image` is `upsample2(source)` and each output pixel takes the
+    nearest of its samples, i.e. the source's bilinear interpolant at the position rounded to the nearest half
+    pixel (<= 0.25 px off per axis), through PIL's fixed-point nearest path: ~1/8 of the bilinear cost.
+    """
+    if not upsampled:
+        return _transform(image, size, inverse, Image.Resampling.BILINEAR)
+    m = 2.0 * inverse  # source pixel-centre coordinate u = q - 0.5 sits at upsampled index 2u = 2q - 1
+    m[:, 2] -= 0.5     # nearest index: floor(2q - 1 + 0.5)
+    return _transform(image, size, m, Image.Resampling.NEAREST)
 
 
 def _warp_pil(image: Image.Image, mask: Image.Image, inverse: np.ndarray, *, reflect: bool,
@@ -346,8 +496,8 @@ def warp(image: np.ndarray, mask: np.ndarray, inverse: np.ndarray, *, reflect: b
 
 
 def augment_kvasir(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, elastic_alpha: float = 1.0,
-                   elastic_sigma: float = 50.0, elastic_alpha_affine: float = 50.0, cell: int = 32
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   elastic_sigma: float = 50.0, elastic_alpha_affine: float = 50.0, cell: int = 32,
+                   exact_bilinear: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """main_kvasir.py train transforms after Resize: HorizontalFlip(0.5), VerticalFlip(0.5), ColorJitter(0.5,
     (0.6, 1.6), 0.2, 0.1, 0.01), Affine(0.5, scale (0.5, 1.5), translate 12.5%, rotate +-90, constant 0 border),
     ElasticTransform(0.5, albumentations 1.x defaults alpha=1, sigma=50, alpha_affine=50, reflect-101 border).
@@ -373,9 +523,9 @@ def augment_kvasir(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
         elastic = _invert(elastic_affine_matrix(rng, h, w, elastic_alpha_affine))
         gy, gx = np.meshgrid(np.unique(np.append(np.arange(0, h, cell), h)).astype(np.float64),
                              np.unique(np.append(np.arange(0, w, cell), w)).astype(np.float64), indexing="ij")
-        dy, dx = displacement_field(rng, gy, gx, h, w, elastic_alpha, elastic_sigma)
-        if max(np.abs(dy).max(), np.abs(dx).max()) >= DISPLACEMENT_TOLERANCE_PX:
-            disp = (gy, gx, dy, dx)
+        field = displacement_field(rng, gy, gx, h, w, elastic_alpha, elastic_sigma, tolerance=DISPLACEMENT_TOLERANCE_PX)
+        if field is not None and max(np.abs(field[0]).max(), np.abs(field[1]).max()) >= DISPLACEMENT_TOLERANCE_PX:
+            disp = (gy, gx, *field)
     if aff is None and elastic is None:
         if flip_x:
             image, mask = image[:, ::-1], mask[:, ::-1]
@@ -383,16 +533,23 @@ def augment_kvasir(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
             image, mask = image[::-1], mask[::-1]
         return image, mask
     flip = flip_matrix(h, w, flip_x, flip_y)
-    im, mk = Image.fromarray(np.ascontiguousarray(image)), Image.fromarray(np.ascontiguousarray(mask))
+    first = flip if aff is None else _then(aff, flip)  # output of the affine -> flipped image -> source
+    mk = Image.fromarray(np.ascontiguousarray(mask))
+    if disp is None:
+        up = not exact_bilinear
+        im = upsample2(image, _scratch_u32((2 * h - 1, 2 * w - 1))) if up else Image.fromarray(np.ascontiguousarray(image))
+        if elastic is None:
+            im, mk = sample(im, (w, h), first, up), _transform(mk, (w, h), first, Image.Resampling.NEAREST)
+        else:
+            im, mk = folded_warp(im, mk, elastic, first, upsampled=up)  # affine and elastic in one pass
+        return np.frombuffer(im.tobytes("raw", "RGB"), np.uint8).reshape(h, w, 3), np.asarray(mk)
+    # A visible elastic displacement field (non-default alpha): bilinear, then the mesh warp.
+    im = Image.fromarray(np.ascontiguousarray(image))
     if aff is not None:
-        inv = _then(aff, flip)  # output -> flipped image -> source
-        im, mk = (_transform(im, (w, h), inv, Image.Resampling.BILINEAR),
-                  _transform(mk, (w, h), inv, Image.Resampling.NEAREST))
+        im, mk = _transform(im, (w, h), first, Image.Resampling.BILINEAR), _transform(mk, (w, h), first, Image.Resampling.NEAREST)
         flip = None
-    if elastic is not None:
-        # Reflecting the flipped image equals flipping the reflected one, so the flip joins the map here too.
-        inv = elastic if flip is None else _then(elastic, flip)
-        im, mk = _warp_pil(im, mk, inv, reflect=True, disp=disp)
+    # Reflecting the flipped image equals flipping the reflected one, so the flip joins the map here too.
+    im, mk = _warp_pil(im, mk, elastic if flip is None else _then(elastic, flip), reflect=True, disp=disp)
     return np.asarray(im), np.asarray(mk)
 
 
