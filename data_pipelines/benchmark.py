@@ -1,9 +1,12 @@
 """Training-pipeline throughput (images/s) by worker count: cached read + augmentation + normalisation + batching.
 
-    python -m data_pipelines.benchmark [--workers 0 2 4 8 16] [--augment kvasir busi] [--json]
+    python -m data_pipelines.benchmark [--workers 0 2 4 8 16] [--augment kvasir busi] [--read-threads 1] [--json]
     python -m data_pipelines.benchmark --dataset kvasir --data-dir ../shared/data/Kvasir-SEG
 
 Without --data-dir it writes a synthetic 256x256 cache (512 records) to a temporary folder, so it runs anywhere.
+The CPU ms/image column (0 workers) is the pipeline's CPU cost per image, which bounds images/s on N free cores
+by about N / cost; with --read-threads 1 it is what one worker process pays. A second table times the
+augmentation function alone in a tight loop (time.process_time over the cached records).
 """
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ import json
 import os
 import pathlib
 import platform
+import sys
 import tempfile
 import time
 
 import numpy as np
 
+from data_pipelines import transforms
 from data_pipelines.cache import CachedSource
 from data_pipelines.pipeline import train_dataset
 from data_pipelines.sources import SyntheticSource, load_source
@@ -67,6 +72,19 @@ def measure(src, *, workers: int, augment: str, batch_size: int, size: tuple[int
             "cpu_ms_per_image": round(1e3 * cpu / (n * batch_size), 2) if workers == 0 else None}
 
 
+def measure_transform(src, *, augment: str, seconds: float) -> dict:
+    """CPU ms per call of the augmentation function alone over the source's records (per-record generators)."""
+    fn = transforms.RECIPES[augment]
+    records = [src[i] for i in range(min(len(src), 64))]
+    n, c0, t0 = 0, time.process_time(), time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < len(records):
+        r = records[n % len(records)]
+        if fn is not None:
+            fn(r["image"], r["mask"], np.random.default_rng(n))
+        n += 1
+    return {"augment": augment, "calls": n, "cpu_ms_per_image": round(1e3 * (time.process_time() - c0) / n, 3)}
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4, 8, 16])
@@ -92,13 +110,15 @@ def main(argv=None) -> list[dict]:
             src = synthetic_cache(pathlib.Path(tmp), a.records, size)
         rows = [measure(src, workers=w, augment=aug, batch_size=a.batch_size, size=size, seconds=a.seconds,
                         min_batches=a.min_batches, read_threads=a.read_threads) for aug in a.augment for w in a.workers]
-    meta = {"command": "python -m data_pipelines.benchmark " + " ".join(argv or []), "cpus": os.cpu_count(),
+        alone = [measure_transform(src, augment=aug, seconds=a.seconds / 2) for aug in a.augment]
+    meta = {"command": "python -m data_pipelines.benchmark " + " ".join(sys.argv[1:] if argv is None else argv),
+            "cpus": os.cpu_count(),
             "machine": platform.node(), "processor": platform.processor() or platform.machine(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "dataset": a.data_dir and a.dataset or f"synthetic cache ({a.records} records)",
             "image_size": a.image_size, "batch_size": a.batch_size, "read_threads": a.read_threads}
     if a.json:
-        print(json.dumps({"meta": meta, "results": rows}, indent=1))
+        print(json.dumps({"meta": meta, "results": rows, "transform_alone": alone}, indent=1))
     else:
         threads = "default" if a.read_threads is None else a.read_threads
         print(f"# {meta['date']}  {meta['cpus']} CPUs ({meta['processor']})  {meta['dataset']}  "
@@ -108,6 +128,10 @@ def main(argv=None) -> list[dict]:
         for r in rows:
             cpu = "" if r["cpu_ms_per_image"] is None else f"{r['cpu_ms_per_image']:.2f}"
             print(f"| {r['augment']} | {r['workers']} | {r['images_per_s']:.0f} | {r['first_batch_s']:.1f} | {cpu} |")
+        print("| augment | transform alone: CPU ms/image |")
+        print("|---|---|")
+        for r in alone:
+            print(f"| {r['augment']} | {r['cpu_ms_per_image']:.2f} |")
         print(f"# load average at end: {os.getloadavg()[0]:.1f}")
     return rows
 

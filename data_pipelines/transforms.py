@@ -3,6 +3,9 @@
 Each augmentation takes (image uint8 (H, W, 3), mask uint8 (H, W), rng: np.random.Generator) and returns the
 same types, so it runs inside a Grain `random_map` whose rng is derived from (seed, position in the stream).
 Warps run in PIL's C code (numpy gather-based bilinear remaps cost ~12 ms per 256x256 image here, PIL ~2 ms).
+The Kvasir recipe resamples each image once (flips, affine and elastic affine composed, reflect-101 folded in,
+`folded_warp`) and by default through PIL's fixed-point nearest path on a 2x linear upsample (`sample`), which
+is bilinear interpolation at positions rounded to the nearest half pixel, ~1/8 of PIL's bilinear cost.
 """
 from __future__ import annotations
 
@@ -507,8 +510,21 @@ def augment_kvasir(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     coordinate map (or returned as views when no warp fires), and the colour jitter runs before the flips
     (it is per pixel plus a global mean, so it commutes with them).
 
-    Deviations (speed; README "Augmentation"): image warps are bilinear, not Lanczos4; the elastic displacement is
-    drawn on a coarse grid (`displacement_field`) and skipped below `DISPLACEMENT_TOLERANCE_PX`; hue via YIQ.
+    When both the affine and the elastic transform fire, the image is resampled once through the composed map
+    (`folded_warp`; the reference resamples twice), so it is blurred once instead of twice.
+
+    Deviations (speed; README "Augmentation"): image warps are bilinear, not Lanczos4, and by default sample
+    the bilinear interpolant at positions rounded to the nearest half pixel (`sample`; measured on Kvasir-SEG
+    images at 256x256: 1.05 grey levels mean absolute difference to exact bilinear, while exact bilinear is
+    1.04 from Lanczos4 and the half-pixel result 1.28; 2.3x less CPU for the recipe); the elastic displacement
+    is drawn on a coarse grid (`displacement_field`) and skipped below `DISPLACEMENT_TOLERANCE_PX`; hue via YIQ.
+
+    Args:
+      image: uint8 (H, W, 3) RGB; mask: uint8 (H, W).
+      rng: the record's generator (all random choices come from it, in the reference's order).
+      elastic_alpha, elastic_sigma, elastic_alpha_affine: ElasticTransform's parameters.
+      cell: mesh cell (px) for a visible displacement field (elastic_alpha far above the default).
+      exact_bilinear: sample with PIL's bilinear filter instead of the half-pixel rounding (~1.6x the CPU).
 
     Returns:
       image uint8 (H, W, 3), mask uint8 (H, W) in {0, 1}.
