@@ -137,20 +137,23 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, brightness=(0.6, 1
     for k in range(3):  # per-channel copies: a transposing copy of (H*W, 3) is ~4x slower
         x[k].reshape(h_, w_)[...] = image[..., k]
     for op in rng.permutation(4):
+        # Clipping is skipped where the step cannot leave [0, 255]: brightness b <= 1, and contrast c <= 1 or
+        # saturation s <= 1 (convex combinations of values in range).
         if op == 0:
             x *= np.float32(b)
-            np.minimum(x, np.float32(255.0), out=x)  # x >= 0 here
+            if b > 1:
+                np.minimum(x, np.float32(255.0), out=x)  # x >= 0 here
             np.floor(x, out=x)  # the uint8 LUT truncates
         elif op == 1:
             mean = np.float32(_GREY @ x.mean(axis=1, dtype=np.float32))
             x *= np.float32(c)
             x += mean * np.float32(1 - c)
-            _clip_to_uint8_range(x, np.floor)
+            _clip_to_uint8_range(x, np.floor, c > 1)
         else:
             # Saturation: s * rgb + (1 - s) * grey(rgb) (cv2.addWeighted with the grey image); hue: YIQ rotation.
             m = _saturation_matrix(s) if op == 2 else _hue_matrix(h)
             x = m.T @ x
-            _clip_to_uint8_range(x, np.rint)
+            _clip_to_uint8_range(x, np.rint, op == 3 or s > 1)
     x8 = x.astype(np.uint8)
     out = np.empty((h_, w_, 3), np.uint8)
     for k in range(3):
@@ -158,8 +161,9 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, brightness=(0.6, 1
     return out
 
 
-def _clip_to_uint8_range(x: np.ndarray, rounding) -> None:
-    np.clip(x, np.float32(0.0), np.float32(255.0), out=x)
+def _clip_to_uint8_range(x: np.ndarray, rounding, clip: bool = True) -> None:
+    if clip:
+        np.clip(x, np.float32(0.0), np.float32(255.0), out=x)
     rounding(x, out=x)
 
 
@@ -168,12 +172,15 @@ def _saturation_matrix(s: float) -> np.ndarray:
     return np.float32(s) * np.eye(3, dtype=np.float32) + np.float32(1 - s) * np.outer(_GREY, np.ones(3, np.float32))
 
 
+_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float64)
+_FROM_YIQ = np.linalg.inv(_TO_YIQ)
+
+
 def _hue_matrix(h: float) -> np.ndarray:
     """(3, 3) float32 M with rgb @ M = rgb rotated by 2*pi*h around the YIQ grey axis."""
-    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float64)
     t = 2 * np.pi * h
     rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
-    return (np.linalg.inv(to_yiq) @ rot @ to_yiq).T.astype(np.float32)
+    return (_FROM_YIQ @ rot @ _TO_YIQ).T.astype(np.float32)
 
 
 def _invert(m: np.ndarray) -> np.ndarray:
