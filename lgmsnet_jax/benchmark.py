@@ -205,6 +205,9 @@ def _maybe_trace(profile_dir: str | None, name: str):
 
 def _measure(label: str, call: Callable[[], Any], args: argparse.Namespace) -> dict[str, float]:
     stats = timing_stats(time_calls(call, warmup=args.warmup, steps=args.steps))
+    # Logged as soon as measured: a run cut by a time limit still shows what it got.
+    log.info("%s: median %.3f ms (p10 %.3f, p90 %.3f, n %d)", label, stats["median_ms"], stats["p10_ms"],
+             stats["p90_ms"], stats["n"])
     if args.profile:
         with _maybe_trace(args.profile, label):
             for i in range(args.profile_steps):
