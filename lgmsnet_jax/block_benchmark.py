@@ -1,7 +1,7 @@
 """Where a training step's time goes: per-stage forward+backward times, and the LMS depthwise variants side by side.
 
     python -m lgmsnet_jax.block_benchmark [--ndim 2|3] [--dtype fp32|bf16|both] [--impls xla,tiled5,...]
-        [--steps 30 --warmup 5] [--output FILE]
+        [--attention_impl xla|dot_product|cudnn] [--stages decoder4,...] [--steps 30 --warmup 5] [--output FILE]
 
 Two tables, both at the training batch of `lgmsnet_jax.benchmark` (2D: 16 x 256^2, 3D: 1 x 96^3):
 - stages: every stage of LGMSNet (stem, encoder1-5, up/decoder blocks; the 1x1 head is not a stage) timed alone,
@@ -31,6 +31,7 @@ from flax import nnx
 
 from lgmsnet_jax.benchmark import DTYPES, SETTINGS, device_info, time_calls, timing_stats
 from lgmsnet_jax.models import build_model
+from lgmsnet_jax.models.gms import ATTENTION_IMPLS
 from lgmsnet_jax.models.lgmsnet import LGMSNet
 from lgmsnet_jax.models.lms import LMS_DEPTHWISE_IMPLS, EncoderStage
 
@@ -75,10 +76,10 @@ def _time_module(module: nnx.Module, call, x: jax.ShapeDtypeStruct, args: argpar
     return {"fwd_ms": f["median_ms"], "fwd_bwd_ms": b["median_ms"]}
 
 
-def _model(ndim: int, dtype: str, impl: str) -> LGMSNet:
+def _model(ndim: int, dtype: str, impl: str, attention_impl: str) -> LGMSNet:
     s = SETTINGS[ndim]
     return build_model("lgmsnet", ndim=ndim, in_channels=s.in_channels, num_classes=s.num_classes, seed=0,
-                       dtype=jnp.dtype(DTYPES[dtype]).name, depthwise_impl=impl)
+                       dtype=jnp.dtype(DTYPES[dtype]).name, depthwise_impl=impl, attention_impl=attention_impl)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,14 +93,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "stages": stages, "lms": lms}
     for dtype in args.dtypes:
         for impl in args.impls:
-            model = _model(args.ndim, dtype, impl)
+            model = _model(args.ndim, dtype, impl, args.attention_impl)
             x = jax.ShapeDtypeStruct((s.train_batch,) + (s.size,) * args.ndim + (s.in_channels,),
                                      jnp.dtype(DTYPES[dtype]))
             for name, shape in stage_inputs(model, x):
+                if args.stages and name not in args.stages:
+                    continue
                 module = getattr(model, name)
                 if "stages" in args.tables:
                     r = _time_module(module, lambda m, v: m(v, True), shape, args, key)
-                    stages.append({"dtype": dtype, "impl": impl, "stage": name, "input": list(shape.shape), **r})
+                    stages.append({"dtype": dtype, "impl": impl, "attention_impl": args.attention_impl, "stage": name,
+                                   "input": list(shape.shape), **r})
                     _row_done(args, report, "stage", stages[-1])
                 if "lms" in args.tables and isinstance(module, EncoderStage):
                     r = _time_module(module.lms, lambda m, v: m._multiscale(v), shape, args, key)
@@ -147,6 +151,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="both", choices=("fp32", "bf16", "both"))
     p.add_argument("--impls", default="xla", help=f"comma-separated subset of {LMS_DEPTHWISE_IMPLS}")
     p.add_argument("--tables", default="stages,lms", help="subset of stages,lms")
+    p.add_argument("--stages", default="", help="only these stages, comma-separated (default: all)")
+    p.add_argument("--attention_impl", default="xla", choices=ATTENTION_IMPLS)
     p.add_argument("--size", type=int, default=None, help="spatial size (default 256 in 2D, 96 in 3D)")
     p.add_argument("--batch", type=int, default=None, help="batch (default: the train batch, 16 in 2D, 1 in 3D)")
     p.add_argument("--steps", type=int, default=30)
@@ -159,6 +165,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if bad or not args.impls:
         p.error(f"--impls must be a comma-separated subset of {LMS_DEPTHWISE_IMPLS}; got {args.impls}")
     args.tables = [t for t in args.tables.split(",") if t]
+    args.stages = [t for t in args.stages.split(",") if t]
     if not args.tables or any(t not in ("stages", "lms") for t in args.tables):
         p.error(f"--tables must be a subset of stages,lms; got {args.tables}")
     if args.steps < 1 or args.warmup < 0:
