@@ -88,7 +88,7 @@ def measure_transform(src, *, augment: str, seconds: float) -> dict:
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4, 8, 16])
-    p.add_argument("--augment", nargs="+", default=["kvasir", "busi"], choices=["kvasir", "busi", "none"])
+    p.add_argument("--augment", nargs="+", default=["kvasir", "busi"], choices=list(transforms.RECIPES))
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--cache-dir", default=None)
