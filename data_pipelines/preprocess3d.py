@@ -223,6 +223,8 @@ def _write_case(ref: volumes.CaseRef, cache_dir: pathlib.Path, config: Preproces
     try:
         vol = volumes.load_case(ref)
         image, label, _, meta = preprocess_volume(vol, config)
+    except ImportError:
+        raise  # a missing package is not a bad case: one clear error instead of one line per case
     except Exception as e:  # noqa: BLE001 -- reported with the case name by build_cache
         return f"{ref.name}: {type(e).__name__}: {e}"
     meta["source"] = _source_stamp(ref)

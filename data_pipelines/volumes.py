@@ -255,6 +255,8 @@ def check_case(ref: CaseRef, num_classes: int) -> list[str]:
         if ref.fmt == "hdf5":
             return _check_h5(ref, num_classes)
         return [f"{ref.name}: unknown format {ref.fmt!r}"]
+    except ImportError:
+        raise  # a missing package (nibabel, h5py) is the installation's fault, not every case's
     except Exception as e:  # noqa: BLE001 -- any reader failure is reported, not raised
         return [f"{ref.name}: unreadable ({type(e).__name__}: {e})"]
 
