@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import transforms as T
+from data_pipelines import warps as W
 
 
 def test_imagenet_normalize_matches_hand_computed_values():
@@ -82,9 +83,9 @@ def test_hue_rotation_keeps_grey_and_zero_is_identity():
 def test_affine_with_identity_parameters_leaves_image_unchanged():
     img = np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8)
     mask = (img[..., 0] > 100).astype(np.uint8)
-    m = T.affine_matrix(np.random.default_rng(0), 16, 20, scale=(1, 1), translate=0.0, rotate=0.0)
+    m = W.affine_matrix(np.random.default_rng(0), 16, 20, scale=(1, 1), translate=0.0, rotate=0.0)
     np.testing.assert_allclose(m, [[1, 0, 0], [0, 1, 0]], atol=1e-12)
-    a, b = T.warp(img, mask, T._invert(m), reflect=False)
+    a, b = W.warp(img, mask, W.invert_affine(m), reflect=False)
     np.testing.assert_array_equal(a, img)
     np.testing.assert_array_equal(b, mask)
 
@@ -97,7 +98,7 @@ def test_warp_reflects_at_the_border(mesh):
     inv = np.array([[1.0, 0, -5.0], [0, 1.0, 0]])
     gy, gx = np.meshgrid([0.0, 4.0, 8.0], [0.0, 10.0, 20.0], indexing="ij")
     disp = (gy, gx, np.zeros_like(gy), np.zeros_like(gy)) if mesh else None
-    out, m = T.warp(img, mask, inv, reflect=True, disp=disp)
+    out, m = W.warp(img, mask, inv, reflect=True, disp=disp)
     want = np.array([5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14])
     np.testing.assert_array_equal(out[0, :, 0], want * 10)
     np.testing.assert_array_equal(m[0], (want >= 10).astype(np.uint8))
@@ -109,7 +110,7 @@ def test_mesh_warp_applies_the_displacement():
     mask = (img[..., 0] > 80).astype(np.uint8)
     gy, gx = np.meshgrid([0.0, 8.0, 16.0], [0.0, 16.0, 32.0], indexing="ij")
     ident = np.array([[1.0, 0, 0], [0, 1.0, 0]])
-    out, m = T.warp(img, mask, ident, reflect=True, disp=(gy, gx, np.zeros_like(gy), np.full_like(gy, 3.0)))
+    out, m = W.warp(img, mask, ident, reflect=True, disp=(gy, gx, np.zeros_like(gy), np.full_like(gy, 3.0)))
     np.testing.assert_array_equal(out[:, :29], img[:, 3:])
     np.testing.assert_array_equal(m[:, :29], mask[:, 3:])
 
@@ -122,7 +123,7 @@ def test_coarse_displacement_field_has_the_full_resolution_spread():
     sigma = 16.0
     gy, gx = np.meshgrid(np.arange(8.0, 128, 16), np.arange(8.0, 128, 16), indexing="ij")
     rng = np.random.default_rng(0)
-    coarse = np.concatenate([T.displacement_field(rng, gy, gx, h, w, 1.0, sigma, step=4)[0].ravel()
+    coarse = np.concatenate([W.displacement_field(rng, gy, gx, h, w, 1.0, sigma, step=4)[0].ravel()
                              for _ in range(300)])
     full = np.concatenate([ndimage.gaussian_filter(rng.uniform(-1, 1, (h, w)), sigma)[8::16, 8::16].ravel()
                            for _ in range(40)])
@@ -161,13 +162,13 @@ def test_planar_color_jitter_equals_the_interleaved_formulation():
 
 def test_flip_folded_into_the_warp_equals_warping_the_flipped_image():
     img = np.random.default_rng(1).integers(0, 256, (32, 48, 3), dtype=np.uint8)
-    aff = T._invert(T.affine_matrix(np.random.default_rng(2), 32, 48))
+    aff = W.invert_affine(W.affine_matrix(np.random.default_rng(2), 32, 48))
     for fx, fy in [(True, False), (False, True), (True, True)]:
         flipped = img[:, ::-1] if fx else img
         flipped = flipped[::-1] if fy else flipped
-        want = np.asarray(T._transform(T.Image.fromarray(np.ascontiguousarray(flipped)), (48, 32), aff,
+        want = np.asarray(W.pil_affine(T.Image.fromarray(np.ascontiguousarray(flipped)), (48, 32), aff,
                                        T.Image.Resampling.BILINEAR))
-        got = np.asarray(T._transform(T.Image.fromarray(img), (48, 32), T._then(aff, T.flip_matrix(32, 48, fx, fy)),
+        got = np.asarray(W.pil_affine(T.Image.fromarray(img), (48, 32), W.compose(aff, W.flip_matrix(32, 48, fx, fy)),
                                       T.Image.Resampling.BILINEAR))
         assert np.abs(got.astype(int) - want).max() <= 1
 
@@ -176,18 +177,18 @@ def test_fold_runs_reproduce_reflect_101_and_pad_matches_numpy():
     n = 5
     for lo, hi in [(-3, 9), (-14, 20), (0, 5), (2, 4)]:
         idx = np.zeros(hi - lo, int)
-        for dst, first, length, rev in T._fold_runs(lo, hi, n):
+        for dst, first, length, rev in W._fold_runs(lo, hi, n):
             idx[dst:dst + length] = first - np.arange(length) if rev else first + np.arange(length)
         want = np.pad(np.arange(n), (max(0, -lo), max(0, hi - n)), mode="reflect")[max(0, lo):][:hi - lo]
         np.testing.assert_array_equal(idx, want)
     img = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
-    got = np.asarray(T._reflect_pad(T.Image.fromarray(img), -4, -13, 15, 9))
+    got = np.asarray(W._reflect_pad(T.Image.fromarray(img), -4, -13, 15, 9))
     np.testing.assert_array_equal(got, np.pad(img, ((13, 2), (4, 6), (0, 0)), mode="reflect"))
 
 
 def test_upsample2_holds_the_pixels_and_their_midpoints():
     img = np.random.default_rng(0).integers(0, 256, (6, 9, 3), dtype=np.uint8)
-    up = T.upsample2(img)
+    up = W.upsample2(img)
     assert up.mode == "RGBX" and up.size == (17, 11)
     u = np.asarray(up)[..., :3].astype(float)
     np.testing.assert_array_equal(u[0::2, 0::2], img)
@@ -196,19 +197,19 @@ def test_upsample2_holds_the_pixels_and_their_midpoints():
     assert np.abs(u[1::2, 0::2] - (x[:-1] + x[1:]) / 2).max() <= 0.5
     assert np.abs(u[1::2, 1::2] - (x[:-1, :-1] + x[:-1, 1:] + x[1:, :-1] + x[1:, 1:]) / 4).max() <= 1.0
     with pytest.raises(ValueError, match="uint32"):
-        T.upsample2(img, np.empty((11, 16), np.uint32))
+        W.upsample2(img, np.empty((11, 16), np.uint32))
 
 
 def test_half_pixel_sampling_is_bilinear_within_a_quarter_pixel():
     # On a ramp of slope 4 grey levels/px, a <= 0.25 px position error moves the value by <= 1 (+ rounding).
     h, w = 40, 60
     ramp = np.repeat((np.arange(w) * 4)[None, :, None], 3, 2).repeat(h, 0).astype(np.uint8)
-    up = T.upsample2(ramp)
-    np.testing.assert_array_equal(np.asarray(T.sample(up, (w, h), np.array([[1.0, 0, 0], [0, 1.0, 0]]), True))[..., :3], ramp)
+    up = W.upsample2(ramp)
+    np.testing.assert_array_equal(np.asarray(W.sample(up, (w, h), np.array([[1.0, 0, 0], [0, 1.0, 0]]), True))[..., :3], ramp)
     for s in range(5):
-        m = T._invert(T.affine_matrix(np.random.default_rng(s), h, w, scale=(0.8, 1.2), translate=0.05, rotate=10))
-        fine = np.asarray(T.sample(up, (w, h), m, True))[..., 0].astype(int)
-        exact = np.asarray(T.sample(T.Image.fromarray(ramp), (w, h), m, False))[..., 0].astype(int)
+        m = W.invert_affine(W.affine_matrix(np.random.default_rng(s), h, w, scale=(0.8, 1.2), translate=0.05, rotate=10))
+        fine = np.asarray(W.sample(up, (w, h), m, True))[..., 0].astype(int)
+        exact = np.asarray(W.sample(T.Image.fromarray(ramp), (w, h), m, False))[..., 0].astype(int)
         inner = (fine > 8) & (exact > 8) & (fine < 4 * (w - 2)) & (exact < 4 * (w - 2))  # away from the 0 border
         assert inner.mean() > 0.5
         assert np.abs(fine - exact)[inner].max() <= 2
@@ -226,13 +227,13 @@ def test_folded_warp_equals_the_reflect_padded_warp(upsampled):
     # Exact bilinear: any image, to rounding. Half-pixel sampling: a smooth image, to its position rounding.
     img = _smooth_image(h, w) if upsampled else np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     mask = (np.random.default_rng(1).random((h, w)) > 0.5).astype(np.uint8)
-    src = T.upsample2(img) if upsampled else T.Image.fromarray(img)
+    src = W.upsample2(img) if upsampled else T.Image.fromarray(img)
     rng = np.random.default_rng(2)
     for t in range(12):
-        inv = T._invert(T.elastic_affine_matrix(rng, h, w, alpha_affine=15.0))
-        flip = T.flip_matrix(h, w, t % 2 == 0, t % 3 == 0)
-        got_i, got_m = T.folded_warp(src, T.Image.fromarray(mask), inv, flip, upsampled=upsampled)
-        want_i, want_m = T.warp(img, mask, T._then(inv, flip), reflect=True)
+        inv = W.invert_affine(W.elastic_affine_matrix(rng, h, w, alpha_affine=15.0))
+        flip = W.flip_matrix(h, w, t % 2 == 0, t % 3 == 0)
+        got_i, got_m = W.folded_warp(src, T.Image.fromarray(mask), inv, flip, upsampled=upsampled)
+        want_i, want_m = W.warp(img, mask, W.compose(inv, flip), reflect=True)
         d = np.abs(np.asarray(got_i)[..., :3].astype(int) - want_i)
         np.testing.assert_array_equal(np.asarray(got_m), want_m)
         if upsampled:
@@ -246,7 +247,7 @@ def test_folded_warp_reflects_beyond_two_image_sizes():
     h = w = 16
     img = np.tile((np.arange(w, dtype=np.uint8) * 16)[None, :, None], (h, 1, 3))
     inv = np.array([[4.0, 0, -1.5 * w], [0, 4.0, -1.5 * h]])
-    out, _ = T.folded_warp(T.Image.fromarray(img), T.Image.fromarray(img[..., 0]), inv)
+    out, _ = W.folded_warp(T.Image.fromarray(img), T.Image.fromarray(img[..., 0]), inv)
     x = 4.0 * (np.arange(w) + 0.5) - 1.5 * w - 0.5   # source pixel-centre coordinate of each output column
     period = 2 * (w - 1)
     folded = np.abs(x) % period
@@ -261,15 +262,15 @@ def test_one_pass_affine_and_elastic_equals_two_passes_on_a_smooth_image():
     mask = ((yy - 40) ** 2 + (xx - 50) ** 2 < 25 ** 2).astype(np.uint8)
     rng = np.random.default_rng(3)
     for _ in range(6):
-        aff = T._invert(T.affine_matrix(rng, h, w))
-        ela = T._invert(T.elastic_affine_matrix(rng, h, w, alpha_affine=20.0))
-        one_i, one_m = T.folded_warp(T.Image.fromarray(smooth), T.Image.fromarray(mask), ela, aff)
-        mid_i, mid_m = T.warp(smooth, mask, aff, reflect=False)
-        two_i, two_m = T.warp(mid_i, mid_m, ela, reflect=True)
+        aff = W.invert_affine(W.affine_matrix(rng, h, w))
+        ela = W.invert_affine(W.elastic_affine_matrix(rng, h, w, alpha_affine=20.0))
+        one_i, one_m = W.folded_warp(T.Image.fromarray(smooth), T.Image.fromarray(mask), ela, aff)
+        mid_i, mid_m = W.warp(smooth, mask, aff, reflect=False)
+        two_i, two_m = W.warp(mid_i, mid_m, ela, reflect=True)
         # Compare away from the affine's 0 border (blurred once vs twice there): where a white image stays white.
         white = np.full_like(smooth, 255)
-        w1 = np.asarray(T.folded_warp(T.Image.fromarray(white), T.Image.fromarray(mask), ela, aff)[0])
-        w2 = T.warp(T.warp(white, mask, aff, reflect=False)[0], mask, ela, reflect=True)[0]
+        w1 = np.asarray(W.folded_warp(T.Image.fromarray(white), T.Image.fromarray(mask), ela, aff)[0])
+        w2 = W.warp(W.warp(white, mask, aff, reflect=False)[0], mask, ela, reflect=True)[0]
         inner = (w1 == 255).all(-1) & (w2 == 255).all(-1)
         assert inner.mean() > 0.2
         d = np.abs(np.asarray(one_i).astype(int) - two_i)[inner]
@@ -279,10 +280,10 @@ def test_one_pass_affine_and_elastic_equals_two_passes_on_a_smooth_image():
 
 def test_displacement_field_tolerance_skips_only_fields_below_it():
     gy, gx = np.meshgrid(np.arange(0.0, 65, 16), np.arange(0.0, 65, 16), indexing="ij")
-    full = T.displacement_field(np.random.default_rng(0), gy, gx, 64, 64, 1.0, 8.0)
+    full = W.displacement_field(np.random.default_rng(0), gy, gx, 64, 64, 1.0, 8.0)
     peak = max(np.abs(full[0]).max(), np.abs(full[1]).max())
-    assert T.displacement_field(np.random.default_rng(0), gy, gx, 64, 64, 1.0, 8.0, tolerance=10 * peak) is None
-    again = T.displacement_field(np.random.default_rng(0), gy, gx, 64, 64, 1.0, 8.0, tolerance=peak / 2)
+    assert W.displacement_field(np.random.default_rng(0), gy, gx, 64, 64, 1.0, 8.0, tolerance=10 * peak) is None
+    again = W.displacement_field(np.random.default_rng(0), gy, gx, 64, 64, 1.0, 8.0, tolerance=peak / 2)
     np.testing.assert_array_equal(again[0], full[0])
 
 
