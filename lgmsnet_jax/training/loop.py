@@ -193,7 +193,8 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
                         metrics=None if select is None else {"select": select})
         last_saved = step
 
-    progress = writers.Progress(total_steps, start, enabled=is_main, log_every=config.log_every)
+    unit = run.rate_key.removeprefix("train/").removesuffix("_per_s")  # "img" or "patches"
+    progress = writers.Progress(total_steps, start, enabled=is_main, log_every=config.log_every, unit=unit)
     epoch_losses: list[float] = []
     pending: tuple[int, dict] | None = None
     t_last = time.perf_counter()

@@ -9,17 +9,18 @@ from absl import logging
 
 
 class Progress:
-    """Shows step, loss and images/s.
+    """Shows step, loss and examples/s.
 
     Args:
       total: total steps of the run.
       initial: steps already done (resume).
       enabled: False on processes other than 0.
       log_every: log-line period when there is no terminal.
+      unit: what the examples are ("img" in 2D, "patches" in 3D).
     """
 
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True, log_every: int = 50):
-        self.total, self.enabled, self.log_every = total, enabled, log_every
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, log_every: int = 50, unit: str = "img"):
+        self.total, self.enabled, self.log_every, self.unit = total, enabled, log_every, unit
         self._bar = None
         self._t0, self._n0 = time.perf_counter(), initial
         if enabled and sys.stderr.isatty():
@@ -35,9 +36,11 @@ class Progress:
             return
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
-            self._bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}", refresh=False)
+            self._bar.set_postfix({"epoch": epoch, "loss": f"{loss:.4f}", f"{self.unit}/s": f"{images_per_s:.1f}"},
+                                  refresh=False)
         elif step % self.log_every == 0 or step == self.total:
-            logging.info("step %d/%d epoch %d loss %.4f %.1f img/s", step, self.total, epoch, loss, images_per_s)
+            logging.info("step %d/%d epoch %d loss %.4f %.1f %s/s", step, self.total, epoch, loss, images_per_s,
+                         self.unit)
 
     def close(self) -> None:
         if self._bar is not None:
