@@ -84,6 +84,28 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+# The 2D models train.py can train besides LGMSNet (lgmsnet_jax/models/baselines; names as registered), and the
+# narrow widths of their smoke variants (same topology; real runs use each model's published widths).
+BASELINE_SMOKE_DIMS = {"unet": (4, 8, 8, 8, 8), "unet_lms": (4, 8, 8, 8, 8), "unet_gms": (4, 8, 8, 8, 8),
+                       "tinyunet": (16, 16, 16, 16), "tinyunet_lms": (16, 16, 16, 16),
+                       "cmunext": (8, 8, 16, 16, 16)}
+
+
+def use_model(c: ml_collections.ConfigDict, name: str, config_file: str, *, smoke: bool) -> ml_collections.ConfigDict:
+    """Config argument `model=NAME`: train a baseline with its published constructor defaults instead of LGMSNet.
+
+    LGMSNet's keywords (c.model) mean nothing to another architecture, so they are replaced; a smoke config gets the
+    baseline's narrow widths.
+    """
+    if name == "lgmsnet":
+        return c
+    if name not in BASELINE_SMOKE_DIMS:
+        raise ValueError(f"{config_file}: model must be 'lgmsnet' or one of {sorted(BASELINE_SMOKE_DIMS)}, got {name!r}")
+    c.model_name = name
+    c.model = ml_collections.ConfigDict({"dims": BASELINE_SMOKE_DIMS[name]} if smoke else {})
+    return c
+
+
 def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """big_vision's `runlocal`: a seconds-long run of the same pipeline (narrow model, 64x64, few examples)."""
     c.model = ml_collections.ConfigDict(dict(LGMSNET_NARROW))
@@ -105,7 +127,7 @@ def reference_split_config(dataset: str, data_dir: str, data_help: str, arg: str
     No test split exists in the reference: selection and report are both on the validation list.
     """
     args = parse_arg(arg)
-    check_args(args, ("split", "smoke"), config_file)
+    check_args(args, ("split", "smoke", "model"), config_file)
     split = int(args.get("split", 1))
     if split not in (1, 2, 3):
         raise ValueError(f"{config_file}: split must be 1, 2 or 3, got {split}")
@@ -118,4 +140,4 @@ def reference_split_config(dataset: str, data_dir: str, data_help: str, arg: str
     c.normalize = "reference_bgr"  # the reference's BGR ImageNet normalisation followed by an extra /255
     if args.get("smoke"):
         shrink_for_smoke(c)
-    return c
+    return use_model(c, str(args.get("model", "lgmsnet")), config_file, smoke=bool(args.get("smoke")))

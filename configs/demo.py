@@ -16,9 +16,10 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Demo config; `arg="smoke"`: 3 epochs of 2 steps at the shared smoke shapes (tests; compiles are cached)."""
+    """Demo config; `arg="smoke"`: 3 epochs of 2 steps at the shared smoke shapes (tests; compiles are cached);
+    `model=NAME`: a narrow baseline (unet, tinyunet, cmunext, ...) instead of the narrow LGMSNet."""
     args = common.parse_arg(arg)
-    common.check_args(args, ("smoke",), "configs/demo.py")
+    common.check_args(args, ("smoke", "model"), "configs/demo.py")
     c = common.base_config()
     c.dataset = "synthetic"
     c.splits.test = "test"
@@ -39,4 +40,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.source_kwargs.num_examples = 8
         c.optim.lr = 0.05
         c.epochs = 3
-    return c
+    return common.use_model(c, str(args.get("model", "lgmsnet")), "configs/demo.py", smoke=True)

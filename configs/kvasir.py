@@ -29,9 +29,9 @@ Splits: PraNet's test list (data_pipelines/splits/kvasir/); see data_pipelines/s
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Kvasir-SEG config. Arguments (comma-separated): seed=N, split=reference|seeded, smoke."""
+    """Kvasir-SEG config. Arguments (comma-separated): seed=N, split=reference|seeded, model=NAME, smoke."""
     args = common.parse_arg(arg)
-    common.check_args(args, ("seed", "split", "smoke"), "configs/kvasir.py")
+    common.check_args(args, ("seed", "split", "smoke", "model"), "configs/kvasir.py")
     c = common.base_config()
     c.dataset = "kvasir"
     c.data_dir = "data/Kvasir-SEG"
@@ -47,4 +47,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = int(args.get("seed", 41))
     if args.get("smoke"):
         common.shrink_for_smoke(c)
-    return c
+    return common.use_model(c, str(args.get("model", "lgmsnet")), "configs/kvasir.py", smoke=bool(args.get("smoke")))

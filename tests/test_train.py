@@ -200,3 +200,15 @@ def test_dead_process_stops_the_run_and_rerun_resumes(tmp_path):
     assert (wd / "summary.json").exists()
     steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] > first[-1]
+
+
+def test_train_py_trains_a_baseline_from_the_config_argument(tmp_path):
+    """`model=tinyunet` swaps LGMSNet for a registered baseline (its own keywords, narrow in demo/smoke configs)."""
+    wd = tmp_path / "tiny"
+    proc = _ok(_train(["--config", "configs/demo.py:model=tinyunet,smoke", "--workdir", str(wd)]))
+    saved = json.loads((wd / "config.json").read_text())
+    assert saved["model_name"] == "tinyunet" and saved["model"] == {"dims": [16, 16, 16, 16]}
+    assert sorted(_losses(wd)) == [1, 2, 3, 4, 5, 6]
+    assert "test" in proc.stdout
+    bad = _train(["--config", "configs/demo.py:model=resnet", "--workdir", str(tmp_path / "bad")])
+    assert bad.returncode != 0 and "model must be 'lgmsnet' or one of" in bad.stderr

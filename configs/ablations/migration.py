@@ -19,12 +19,10 @@ Shortened schedule (stated): 30 epochs instead of 500, the reference BUSI recipe
 """
 import ml_collections
 
+from configs import common
 from configs.ablations import _common
 
 MODELS = ("lgmsnet", "tinyunet", "tinyunet_lms", "unet", "unet_lms", "unet_gms")
-# Narrow widths for the smoke grid (same topology; the real grid uses each model's published widths).
-_SMOKE_DIMS = {"tinyunet": (16, 16, 16, 16), "tinyunet_lms": (16, 16, 16, 16), "unet": (4, 8, 8, 8, 8),
-               "unet_lms": (4, 8, 8, 8, 8), "unet_gms": (4, 8, 8, 8, 8)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -35,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         if name == "lgmsnet":
             settings[name] = {}  # the base config's model
         elif c.smoke:
-            settings[name] = {"model_name": name, "model": {"dims": _SMOKE_DIMS[name]}}
+            settings[name] = {"model_name": name, "model": {"dims": common.BASELINE_SMOKE_DIMS[name]}}
         else:
             settings[name] = {"model_name": name}
     c.settings = ml_collections.ConfigDict(settings)
