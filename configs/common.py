@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment = "busi"
     c.normalize = "imagenet"
     c.num_workers = 0  # Grain worker processes (0 = threads in this process)
+    c.eval_cache_gib = 4.0  # keep eval sets up to this size (float32, all devices) on the devices between epochs
     # Model and task.
     c.task = "binary_seg_2d"
     c.model_name = "lgmsnet"

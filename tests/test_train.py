@@ -212,3 +212,18 @@ def test_train_py_trains_a_baseline_from_the_config_argument(tmp_path):
     assert "test" in proc.stdout
     bad = _train(["--config", "configs/demo.py:model=resnet", "--workdir", str(tmp_path / "bad")])
     assert bad.returncode != 0 and "model must be 'lgmsnet' or one of" in bad.stderr
+
+
+def test_device_cached_validation_equals_streamed_validation(tmp_path):
+    """Validation sets kept on the devices between epochs (eval_cache_gib) give the streamed pipeline's metrics."""
+    args = [a if a != "--config.epochs=1" else "--config.epochs=3" for a in TINY_ARGS] + ["--num_cpu_devices=2"]
+    runs = {}
+    for name, cache in (("cached", "4.0"), ("streamed", "0")):
+        wd = tmp_path / name
+        _ok(_train(args + ["--workdir", str(wd), f"--config.eval_cache_gib={cache}"], tiny=True))
+        runs[name] = [r for r in writers.read_jsonl(wd / "metrics.jsonl") if "val/iou" in r]
+    assert len(runs["cached"]) == 2  # demo validates every 2nd epoch and at the last
+    for a, b in zip(runs["cached"], runs["streamed"]):
+        assert {k: v for k, v in a.items() if not k.startswith("time/")} == {
+            k: v for k, v in b.items() if not k.startswith("time/")}
+        assert a["time/validate_s"] > 0 and a["time/checkpoint_s"] >= 0
