@@ -58,7 +58,6 @@ def base_3d_config() -> ml_collections.ConfigDict:
     c.epochs = 5000
     c.eval_every = 50
     c.eval_hd95_every_eval = True
-    c.max_run_seconds = 0  # >0: stop (and checkpoint) after this many seconds; rerun to resume
     c.read_threads = 2
     c.prefetch = 4
     c.seed = 0

@@ -78,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Evaluation, logging, checkpoints.
     c.eval_every = 1  # epochs
     c.log_every = 10  # steps
+    c.max_run_seconds = 0.0  # >0: stop (and checkpoint) after this many seconds of this invocation; rerun to resume
     c.checkpoint_every_steps = 0  # extra resume points between evaluations (0 = only at evaluations)
     c.num_pictures = 8
     c.picture_every_epochs = 10  # PNG grid of validation predictions (0 = never); also at the last epoch

@@ -227,3 +227,16 @@ def test_device_cached_validation_equals_streamed_validation(tmp_path):
         assert {k: v for k, v in a.items() if not k.startswith("time/")} == {
             k: v for k, v in b.items() if not k.startswith("time/")}
         assert a["time/validate_s"] > 0 and a["time/checkpoint_s"] >= 0
+
+
+def test_max_run_seconds_checkpoints_and_a_rerun_finishes(tmp_path):
+    """A time-sliced 2D run stops after its budget (at least one step per invocation) with a checkpoint; the same
+    command without the budget resumes and finishes."""
+    wd = tmp_path / "sliced"
+    args = TINY_ARGS + ["--workdir", str(wd), "--num_cpu_devices=2"]
+    first = _ok(_train(args + ["--config.max_run_seconds=1e-9"], tiny=True))
+    assert "max_run_seconds=1e-09 reached at step 1" in first.stderr
+    assert [p.name for p in (wd / "checkpoints").iterdir() if p.name.isdigit()] == ["1"]
+    assert not (wd / "summary.json").exists()
+    _ok(_train(args, tiny=True))
+    assert sorted(_losses(wd)) == [1, 2, 3, 4] and (wd / "summary.json").exists()

@@ -140,6 +140,8 @@ def _resume(mngr, latest: int, state, repl, run, resume_data: str, nproc: int):
 
 
 def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -> dict:
+    t_start = time.monotonic()
+    max_seconds = float(config.get("max_run_seconds", 0) or 0)
     pid, nproc = jax.process_index(), jax.process_count()
     is_main = pid == 0
     if config.get("resume_data", "exact") not in RESUME_DATA:
@@ -235,7 +237,9 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
             if stop_after_steps is not None and step - start >= stop_after_steps:
                 stopped_at = step
                 break
-            if run.time_up(step):
+            if max_seconds and step > start and time.monotonic() - t_start > max_seconds:
+                # Time-sliced jobs (a scheduler's wall-clock limit): checkpoint now, rerun to continue.
+                logging.info("config.max_run_seconds=%s reached at step %d; checkpointing", max_seconds, step)
                 stopped_at = step
                 break
             batch = next(train_iter)

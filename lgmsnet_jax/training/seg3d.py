@@ -2,8 +2,7 @@
 with per-class Dice (background excluded) and HD95 in mm (reference_lgmsnet.md §6, §7.2).
 
 Registered as task "seg_3d"; the datasets are BTCV, KiTS23 and ACDC (data_pipelines.volumes). `Seg3DRun` is
-its training-loop hooks (loop.train_and_evaluate): patch batches, whole-volume validation, the 3D report and the
-config.max_run_seconds time slicing.
+its training-loop hooks (loop.train_and_evaluate): patch batches, whole-volume validation and the 3D report.
 """
 
 from __future__ import annotations
@@ -281,15 +280,13 @@ def validation_canvas(data: Seg3DData, roi_size: Sequence[int]) -> tuple[int, ..
 
 class Seg3DRun(tasks.TaskRun):
     """Patch batches from cached volumes, sliding-window validation with HD95 on the host, the 3D report
-    (summary.json with class names and split file, val_per_case.json) and config.max_run_seconds time slicing."""
+    (summary.json with class names and split file, val_per_case.json)."""
 
     rate_key = "train/patches_per_s"
 
     def __init__(self, ctx: tasks.RunContext):
-        self.t_start = time.monotonic()
         self.ctx = ctx
         config, nproc = ctx.config, ctx.nproc
-        self.max_seconds = float(config.get("max_run_seconds", 0) or 0)
         self.data = prepare_data(config, ctx.workdir, max_train=config.max_train_examples or None,
                                  max_val=config.max_eval_examples or None)
         global_batch = int(config.batch_size)
@@ -330,12 +327,6 @@ class Seg3DRun(tasks.TaskRun):
                     "patch": {k: list(v) if isinstance(v, tuple) else v for k, v in dict(config.patch).items()},
                     "shard_index": ctx.pid, "shard_count": ctx.nproc, "worker_count": int(config.num_workers)}
         return iter(CheckedIterDataset(it, json.loads(json.dumps(settings))))
-
-    def time_up(self, step: int) -> bool:
-        if self.max_seconds and time.monotonic() - self.t_start > self.max_seconds:
-            logging.info("config.max_run_seconds=%s reached at step %d; checkpointing", self.max_seconds, step)
-            return True
-        return False
 
     def _evaluate(self, st, with_hd95: bool) -> tuple[dict, dict]:
         t0 = time.perf_counter()

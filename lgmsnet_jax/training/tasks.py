@@ -108,10 +108,6 @@ class TaskRun:
         """
         raise NotImplementedError
 
-    def time_up(self, step: int) -> bool:
-        """True when this invocation must checkpoint at `step` and return (e.g. a wall-clock budget)."""
-        return False
-
     def validate(self, state: Any, step: int, epoch: int) -> dict[str, float]:
         """Evaluates the validation split during training; returns host metrics (keyed as in metrics.jsonl)."""
         raise NotImplementedError
