@@ -183,6 +183,11 @@ def best_step(mngr: ocp.CheckpointManager) -> int | None:
     return step if m and m.get("select", NOT_BEST) > NOT_BEST else None
 
 
+def restore_state_like(mngr: ocp.CheckpointManager, step: int, like: Any) -> Any:
+    """The train state saved at `step`, shaped and placed like `like` (a live state; one sharding for all leaves)."""
+    return restore(mngr, step, abstract_like(like, like.step.sharding))[0]
+
+
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     """The run metadata (best score/step, process count, ...) stored with checkpoint `step`."""
     return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])

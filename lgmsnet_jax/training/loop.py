@@ -333,7 +333,7 @@ class ImageRun(tasks.TaskRun):
                      "from step %d", ctx.pid, ctx.nproc, ctx.pid * b, (ctx.pid + 1) * b, config.batch_size,
                      len(self.sources["train"]), start_step)
         train_ds = self.dp.train_dataset(self.sources["train"], seed=config.seed + seed_offset, start_step=start_step,
-                                         batch_size=config.batch_size // ctx.nproc,
+                                         batch_size=b,
                                          image_size=tuple(config.image_size), augment=config.augment,
                                          normalize=config.normalize, shard_index=ctx.pid, shard_count=ctx.nproc,
                                          worker_count=config.num_workers)
@@ -411,8 +411,7 @@ class ImageRun(tasks.TaskRun):
         config, workdir, task, sources = self.ctx.config, self.ctx.workdir, self.ctx.task, self.sources
         best = meta.get("best_step")
         if best is not None:
-            state, _, _ = checkpoint.restore(mngr, best,
-                                             checkpoint.abstract_like(last_state, last_state.step.sharding))
+            state = checkpoint.restore_state_like(mngr, best, last_state)
             label = f"best validation {task.select_metric} (epoch {meta['best_epoch']}, step {best})"
         else:
             state, label = last_state, "last step (no validation split)"

@@ -363,8 +363,7 @@ class Seg3DRun(tasks.TaskRun):
             state, label = last_state, f"best validation dice (epoch {meta['best_epoch']}, step {best})"
             rows["val"], per_case = last_eval[1], last_eval[2]
         elif best is not None:
-            state, _, _ = checkpoint.restore(mngr, best,
-                                             checkpoint.abstract_like(last_state, last_state.step.sharding))
+            state = checkpoint.restore_state_like(mngr, best, last_state)
             label = f"best validation dice (epoch {meta['best_epoch']}, step {best})"
         else:
             state, label = last_state, "last step (no validation cases)"
