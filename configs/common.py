@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 1  # epochs
     c.log_every = 10  # steps
     c.max_run_seconds = 0.0  # >0: stop (and checkpoint) after this many seconds of this invocation; rerun to resume
+    c.checkpoint_every_epochs = 1  # at evaluations: save a resume point every N epochs (a new best is always saved)
     c.checkpoint_every_steps = 0  # extra resume points between evaluations (0 = only at evaluations)
     c.num_pictures = 8
     c.picture_every_epochs = 10  # PNG grid of validation predictions (0 = never); also at the last epoch

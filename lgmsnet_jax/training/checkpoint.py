@@ -23,7 +23,7 @@ LOCK_FILE = ".lock"
 CKPT_DIR = "checkpoints"
 # Keys that may change between invocations of one run: where the data lives is not part of the experiment.
 RESUME_MUTABLE_KEYS = ("data_dir", "cache_dir", "max_run_seconds", "picture_every_epochs", "log_every",
-                       "resume_data", "eval_cache_gib", "num_workers")
+                       "resume_data", "eval_cache_gib", "num_workers", "checkpoint_every_epochs")
 # "select" metric of an evaluated checkpoint that did not improve (validation scores are >= 0).
 NOT_BEST = -1.0
 

@@ -103,3 +103,21 @@ def test_restore_model_gives_the_best_checkpoint_for_inference(tmp_path):
     from flax import nnx
     ref = nnx.merge(builders.abstract_train_state(config)[0], best.params, best.model_state)
     np.testing.assert_allclose(np.asarray(model(x)), np.asarray(ref(x, train=False)), rtol=1e-6)
+
+
+def test_checkpoint_every_epochs_keeps_every_new_best_and_the_period(tmp_path, monkeypatch):
+    saved = []
+    real_save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda mngr, step, *a, **k: (saved.append(step),
+                                                                         real_save(mngr, step, *a, **k)))
+    config = tiny_config(epochs=5, checkpoint_every_epochs=2)  # 4 steps per epoch
+    config.optim.lr, config.model.use_bn = 0.0, False  # frozen weights: only epoch 1 is a new best
+    loop.train_and_evaluate(config, tmp_path)
+    vals = [r for r in writers.read_jsonl(tmp_path / "metrics.jsonl") if "val/iou" in r]
+    assert [r["epoch"] for r in vals] == [1, 2, 3, 4, 5]
+    best, improved = checkpoint.NOT_BEST, set()
+    for r in vals:
+        if r["val/iou"] > best:
+            best, improved = r["val/iou"], improved | {r["step"]}
+    assert improved == {4}
+    assert sorted(saved) == [4, 8, 16, 20]  # the new best, every 2nd epoch, the last one
