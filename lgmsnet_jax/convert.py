@@ -280,13 +280,19 @@ def _jsonable(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save_converted(model: nnx.Module, out_dir: str | pathlib.Path, build_kwargs: Mapping[str, Any]) -> pathlib.Path:
+# model.json keys that are not `build_model` keywords (the export CLI adds the last two).
+META_KEYS = ("name", "param_count", "run_config", "provenance")
+
+
+def save_converted(model: nnx.Module, out_dir: str | pathlib.Path, build_kwargs: Mapping[str, Any],
+                   extra: Mapping[str, Any] | None = None) -> pathlib.Path:
     """Write an Orbax checkpoint of `nnx.state(model)` to out_dir/model and the build arguments to out_dir/model.json.
 
     Args:
       model: the converted model.
       out_dir: new directory (its `model` entry must not exist).
       build_kwargs: `build_model` keywords that rebuild `model` (name defaults to "lgmsnet").
+      extra: more JSON-able model.json entries, keys from META_KEYS ("run_config", "provenance").
 
     Returns:
       out_dir as a Path.
@@ -297,6 +303,10 @@ def save_converted(model: nnx.Module, out_dir: str | pathlib.Path, build_kwargs:
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"name": "lgmsnet", **_jsonable(build_kwargs)}
     meta["param_count"] = count_params(model)
+    unknown = sorted(set(extra or {}) - set(META_KEYS))
+    if unknown:
+        raise ValueError(f"extra model.json keys {unknown} are not among {META_KEYS}")
+    meta |= {k: json.loads(json.dumps(v)) for k, v in (extra or {}).items()}
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(out_dir / "model", nnx.state(model))
     ckptr.wait_until_finished()
@@ -306,7 +316,9 @@ def save_converted(model: nnx.Module, out_dir: str | pathlib.Path, build_kwargs:
 
 def _build_from_json(meta: Mapping[str, Any]) -> nnx.Module:
     # JSON lists stand for tuples; LGMSNet normalises sequences itself.
-    kwargs = {k: v for k, v in meta.items() if k not in ("name", "param_count")}
+    kwargs = {k: v for k, v in meta.items() if k not in META_KEYS}
+    if isinstance(kwargs.get("dtype"), str):
+        kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
     return build_model(meta.get("name", "lgmsnet"), **kwargs)
 
 

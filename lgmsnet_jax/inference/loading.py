@@ -87,6 +87,25 @@ def _converted_config(meta: dict, image_size: Sequence[int] | None, normalize: s
     return c
 
 
+def _check_run_settings(config: ml_collections.ConfigDict, image_size: Sequence[int] | None,
+                        normalize: str | None) -> None:
+    if image_size is not None and tuple(image_size) != tuple(config.image_size):
+        raise ValueError(f"--image_size {tuple(image_size)} differs from the run's config.image_size "
+                         f"{tuple(config.image_size)}; a trained run is evaluated on its own grid")
+    if normalize is not None and normalize != config.normalize:
+        raise ValueError(f"--normalize {normalize!r} differs from the run's config.normalize {config.normalize!r}")
+
+
+def _exported_config(path: pathlib.Path, run_config: dict, image_size: Sequence[int] | None,
+                     normalize: str | None) -> ml_collections.ConfigDict:
+    from lgmsnet_jax.training import builders  # noqa: PLC0415
+
+    config = builders.fix_config_types(ml_collections.ConfigDict(run_config))
+    _check_run_settings(config, image_size, normalize)
+    config.lock()
+    return config
+
+
 def load_for_inference(path: str | pathlib.Path, which: str | int = "best", *,
                        image_size: Sequence[int] | None = None, normalize: str | None = None) -> Loaded:
     """Loads a workdir checkpoint or a converted reference checkpoint for evaluation/prediction.
@@ -109,17 +128,18 @@ def load_for_inference(path: str | pathlib.Path, which: str | int = "best", *,
         meta = json.loads((path / CONVERTED_MARKER).read_text())
         model = convert.load_converted(path)
         model.eval()
+        if "run_config" in meta:  # an exported train.py checkpoint (lgmsnet_jax.export) carries its run's config
+            config = _exported_config(path, meta["run_config"], image_size, normalize)
+            prov = meta.get("provenance", {})
+            return Loaded(model, config, None, f"exported checkpoint {path} (run {prov.get('run', '?')} step "
+                                               f"{prov.get('step', '?')})")
         return Loaded(model, _converted_config(meta, image_size, normalize), None,
                       f"converted reference checkpoint {path}")
     from lgmsnet_jax.training import builders  # noqa: PLC0415
 
     step = resolve_step(path, which)
     model, config = builders.restore_model(path, step)
-    if image_size is not None and tuple(image_size) != tuple(config.image_size):
-        raise ValueError(f"--image_size {tuple(image_size)} differs from the run's config.image_size "
-                         f"{tuple(config.image_size)}; a trained run is evaluated on its own grid")
-    if normalize is not None and normalize != config.normalize:
-        raise ValueError(f"--normalize {normalize!r} differs from the run's config.normalize {config.normalize!r}")
+    _check_run_settings(config, image_size, normalize)
     label = f" ({which})" if which in ("best", "latest") else ""
     return Loaded(model, config, step, f"{path} step {step}{label}")
 

@@ -63,7 +63,8 @@ class TransformerLayer(nnx.Module):
     def __init__(self, dim: int, mlp_dim: int, *, num_heads: int, head_dim: int, attention_impl: str = "xla",
                  rngs: nnx.Rngs):
         """Args: token width T; MLP width M; heads and head width; 'xla' (einsum+softmax), 'dot_product'
-        (jax.nn.dot_product_attention, implementation=None) or 'cudnn'; rngs."""
+        (jax.nn.dot_product_attention, implementation=None) or 'cudnn' (cuDNN flash attention on GPUs, 'xla' on
+        other backends); rngs."""
         if attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"unknown attention_impl {attention_impl!r}; expected one of {ATTENTION_IMPLS}")
         inner = num_heads * head_dim
@@ -81,14 +82,17 @@ class TransformerLayer(nnx.Module):
         shape = (math.prod(batch), n, self.num_heads, self.head_dim)
         q, k, v = (a.reshape(shape) for a in (q, k, v))
         scale = self.head_dim ** -0.5
-        if self.attention_impl == "xla":
+        impl = self.attention_impl
+        if impl == "cudnn" and jax.default_backend() != "gpu":
+            impl = "xla"  # cuDNN exists only on NVIDIA GPUs: a run trained with it still evaluates on CPU or TPU
+        if impl == "xla":
             scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
             # Softmax in float32 so bf16 compute keeps normalised weights.
             probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
             o = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
         else:
-            impl = None if self.attention_impl == "dot_product" else "cudnn"
-            o = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=impl)
+            o = jax.nn.dot_product_attention(q, k, v, scale=scale,
+                                             implementation=None if impl == "dot_product" else "cudnn")
         return self.attn_out(o.reshape(*batch, n, self.num_heads * self.head_dim))
 
     def __call__(self, t: jax.Array) -> jax.Array:

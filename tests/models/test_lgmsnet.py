@@ -205,4 +205,7 @@ def test_attention_impls_agree():
     ref = np.asarray(layer(t))
     layer.attention_impl = "dot_product"
     np.testing.assert_allclose(np.asarray(layer(t)), ref, atol=1e-5)
+    if jax.default_backend() != "gpu":  # a cuDNN-trained model still runs here (the XLA path)
+        layer.attention_impl = "cudnn"
+        np.testing.assert_array_equal(np.asarray(layer(t)), ref)
     assert count_params(layer) == 2 * 48 + 24 * 96 + 32 * 24 + 24 + 24 * 16 + 16 + 16 * 24 + 24
