@@ -61,6 +61,9 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, which: str | in
     if data_dir is not None:
         config.data_dir = data_dir
     config = builders.fix_config_types(config)
+    where = eval_data_dir or config.get("data_dir")
+    if evaluate_split is not None and where is not None and not pathlib.Path(where).is_dir():
+        raise FileNotFoundError(f"--evaluate_split {evaluate_split}: no dataset folder at {where!r} (--eval_data_dir)")
     if (dtype, attention_impl) != (None, None):  # same variables, another computation: rebuild and copy them over
         exported = builders.build_model(config)
         nnx.update(exported, nnx.state(model))
@@ -89,7 +92,11 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, which: str | in
     meta_path = out / convert.MODEL_JSON
     model_json = json.loads(meta_path.read_text())
     if evaluate_split is not None:
-        model_json["provenance"]["evaluation"] = _evaluate(out, evaluate_split, eval_data_dir)
+        try:
+            model_json["provenance"]["evaluation"] = _evaluate(out, evaluate_split, eval_data_dir)
+        except BaseException:
+            shutil.rmtree(out)  # an export without the score it was asked to record is not left behind
+            raise
         meta_path.write_text(json.dumps(model_json, indent=2, sort_keys=True) + "\n")
     return model_json
 

@@ -53,3 +53,11 @@ def test_shipped_kvasir_checkpoint_reproduces_its_test_iou_on_cpu(shared_dir, tm
     assert meta["param_count"] == 2_321_393
     for k in ("iou", "f1"):  # per-image means over 100 images: float differences between CPUs stay << 1e-4
         assert rep["metrics"][k]["mean"] == pytest.approx(recorded["means"][k], abs=2e-4), k
+
+
+def test_export_checks_the_evaluation_data_before_writing(run_dir, tmp_path, capsys):
+    missing = tmp_path / "no_such_data"
+    assert export.main(["--workdir", str(run_dir), "--out", str(tmp_path / "exp"), "--evaluate_split", "test",
+                        "--data_dir", "recorded/elsewhere", "--eval_data_dir", str(missing)]) == 2
+    assert f"no dataset folder at {str(missing)!r}" in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()
