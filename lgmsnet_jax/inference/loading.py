@@ -96,8 +96,8 @@ def _check_run_settings(config: ml_collections.ConfigDict, image_size: Sequence[
         raise ValueError(f"--normalize {normalize!r} differs from the run's config.normalize {config.normalize!r}")
 
 
-def _exported_config(path: pathlib.Path, run_config: dict, image_size: Sequence[int] | None,
-                     normalize: str | None) -> ml_collections.ConfigDict:
+def _exported_config(run_config: dict, image_size: Sequence[int] | None, normalize: str | None
+                     ) -> ml_collections.ConfigDict:
     from lgmsnet_jax.training import builders  # noqa: PLC0415
 
     config = builders.fix_config_types(ml_collections.ConfigDict(run_config))
@@ -129,7 +129,7 @@ def load_for_inference(path: str | pathlib.Path, which: str | int = "best", *,
         model = convert.load_converted(path)
         model.eval()
         if "run_config" in meta:  # an exported train.py checkpoint (lgmsnet_jax.export) carries its run's config
-            config = _exported_config(path, meta["run_config"], image_size, normalize)
+            config = _exported_config(meta["run_config"], image_size, normalize)
             prov = meta.get("provenance", {})
             return Loaded(model, config, None, f"exported checkpoint {path} (run {prov.get('run', '?')} step "
                                                f"{prov.get('step', '?')})")
