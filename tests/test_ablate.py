@@ -126,9 +126,11 @@ def test_lr_and_loss_weight_members_match_separate_steps(member_loop):
     assert abs(separate[0][-1] - separate[1][-1]) > 1e-3  # the members really differ
 
 
-def test_four_member_seed_ensemble_gives_the_losses_of_four_separate_runs(tmp_path):
+@pytest.mark.parametrize("member_loop", ["map", "vmap"])
+def test_four_member_seed_ensemble_gives_the_losses_of_four_separate_runs(tmp_path, member_loop):
     seeds = (0, 1, 2, 3)
     ablation = _ablation({"w4": {}}, {"seed": seeds})
+    ablation.member_loop = member_loop
     got: dict[int, list] = {}
     status = runner.run_grid(ablation, tmp_path / "grid",
                              on_step=lambda name, step, losses_: got.setdefault(step, list(losses_)))

@@ -63,9 +63,11 @@ def ablation_config(arg: str | None, config_file: str, *, epochs: int, eval_ever
     c.report_metrics = ("iou", "f1")
     # Do not start a new setting with less time than this left (compile + one epoch on one H200, with margin).
     c.min_setting_start_s = 150.0
-    # "vmap" trains the seeds as one batched program; "map" runs them in sequence inside it (lgmsnet_jax.ablation
-    # .ensemble.make_steps), a fallback if batched per-member convolutions turn out slow on the device.
-    c.member_loop = "vmap"
+    # How one compiled step covers the members (lgmsnet_jax.ablation.ensemble.make_steps): "map" runs them one after
+    # another inside the program, "vmap" batches them (each conv then sees per-member weights as feature groups).
+    # Measured on one H200 (BUSI, batch 16, fp32, 3 members; BENCHMARKS.md "Ablation grids"): map 2.8 s per epoch,
+    # vmap 7.5 s, so map is the default; both give every member the computation of a separate run (tested).
+    c.member_loop = "map"
     c.smoke = smoke
     return c
 

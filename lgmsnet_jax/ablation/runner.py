@@ -1,4 +1,4 @@
-"""The grid runner: every structural setting in turn, its numeric members trained as one vmapped ensemble.
+"""The grid runner: every structural setting in turn, its numeric members trained as one ensemble (one compile).
 
 Layout: <workdir>/ablation.json, <workdir>/<setting>/config.json, <workdir>/<setting>/<member>/{checkpoints/,
 metrics.jsonl, result.json}, <workdir>/summary.{csv,md} and summary_<metric>.png. A member with result.json is
@@ -94,8 +94,8 @@ def _epoch_of(step: int, steps_per_epoch: int) -> int:
 def train_setting(config, setting: grid_lib.Setting, members: Sequence[grid_lib.Member], setting_dir: pathlib.Path,
                   *, use_loss_weights: bool, deadline: float | None = None, stop_after_steps: int | None = None,
                   devices=None, on_step: Callable[[int, np.ndarray], None] | None = None,
-                  member_loop: str = "vmap") -> str:
-    """Trains the unfinished `members` of one setting as vmapped ensembles (one per resume step) to the end.
+                  member_loop: str = "map") -> str:
+    """Trains the unfinished `members` of one setting as ensembles (one per resume step) to the end.
 
     Args:
       config: the setting's config (`setting_config`).
@@ -335,7 +335,7 @@ def run_grid(ablation: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
             hook = None if on_step is None else (lambda step, losses, name=setting.name: on_step(name, step, losses))
             out[setting.name] = train_setting(config, setting, grid.members, sdir, use_loss_weights=use_loss_weights,
                                               deadline=deadline, stop_after_steps=stop_after_steps, devices=devices,
-                                              on_step=hook, member_loop=ablation.get("member_loop", "vmap"))
+                                              on_step=hook, member_loop=ablation.get("member_loop", "map"))
         report.write_report(workdir, tuple(ablation.get("report_metrics", ("iou", "f1"))), order=names,
                             title=ablation.get("title", ""), keep={(s.name, m.name) for s in grid.settings
                                                                      for m in grid.members})
