@@ -16,7 +16,7 @@ Shortened schedule (stated): 30 epochs instead of the reference's 500 (29 steps 
 poly decay over the 30 epochs, lr 0.02, SGD as the reference), validation every 3 epochs, best validation epoch
 reported on validation (the reference protocol; BUSI has no test split). Absolute IoU is therefore below the
 paper's 73.40; the comparison between settings is the point.
-Runtime on one H200 (measured 2026-11-30, float32, member_loop=map): about 3 min per setting (55-60 s to compile
+Runtime on one H200 (measured 2026-11-30, float32, member_loop=map): about 3 min per setting (57-71 s to compile
 and reach epoch 3, then 2.8-3.0 s per epoch for the 3 members), ~12 min for the grid: two commands of
 --time_budget_s=420. With member_loop=vmap an epoch took 7.5 s. Results of that run: RESULTS.md "Issue 10".
 Results: runs/ablate_kernels/summary.md, summary.csv, summary_iou.png, summary_f1.png.
