@@ -180,10 +180,13 @@ class LGMSNet(nnx.Module):
           (N, *spatial, num_classes) float32 logits.
         """
         self._check_input(x)
-        x = x.astype(self.dtype)
         s = lambda name, a: self._stage(name, a, train, capture)  # noqa: E731
         cat = lambda a, b: jnp.concatenate([a, b], axis=-1)  # noqa: E731  skip first, as the reference
-        x1 = s("encoder1", s("stem", x))
+        # The stem computes in float32 whatever `dtype` is. Its conv bias feeds a norm, so its exact gradient is 0,
+        # but on tiny inputs (the reference's BUSI scaling, ~0.004) the stem's pre-norm std is ~3e-4 and the norm's
+        # backward multiplies bf16 rounding by 1/std: the bias random-walked to |b| ~ 27 within 2 epochs and
+        # eval-mode BatchNorm broke (RESULTS.md, "bf16 on BUSI: the cause"). One 3->16 conv costs little in float32.
+        x1 = s("encoder1", s("stem", x.astype(jnp.float32)).astype(self.dtype))
         x2 = s("encoder2", layers.max_pool2x(x1))
         x3 = s("encoder3", layers.max_pool2x(x2))
         x4 = s("encoder4", layers.max_pool2x(x3))
