@@ -6,7 +6,8 @@ The checkpoint's weights are evaluated on the run's validation list with the com
 to float32 (same float32 parameters), each with BatchNorm on its running statistics (eval mode, what the trainer
 reports) and on the statistics of each validation batch (train-mode normalisation, no update). A row that is bad
 only with running statistics points at the running statistics. A row that is bad only in bfloat16 points at the
-bf16 forward pass (BENCHMARKS.md, "Full training runs in bf16").
+bf16 forward pass. The last two columns are the stem's conv bias and how far its running mean is from the first
+validation batch's mean, in batch standard deviations (RESULTS.md, "bf16 on BUSI: the cause").
 """
 import argparse
 
@@ -47,26 +48,36 @@ def main() -> None:
         c.model.dtype = dt
         graphs[dt] = builders.abstract_train_state(builders.fix_config_types(c))[0]
 
-    def iou_of(state, dt: str, batch_stats: bool) -> float:
-        @jax.jit
-        def fwd(params, model_state, x):
-            model = nnx.merge(graphs[dt], params, model_state)
-            return model(x, train=batch_stats).astype(jnp.float32)
+    def forward(params, model_state, x, dt, batch_stats):
+        return nnx.merge(graphs[dt], params, model_state)(x, train=batch_stats).astype(jnp.float32)
 
+    fwd = jax.jit(forward, static_argnums=(3, 4))
+
+    def iou_of(state, dt: str, batch_stats: bool) -> float:
         ious = []
         for x, y, valid in batches:
-            per = metrics.binary_metrics_per_image(fwd(state.params, state.model_state, x), y)
+            per = metrics.binary_metrics_per_image(fwd(state.params, state.model_state, x, dt, batch_stats), y)
             ious.extend(np.asarray(per["iou"])[valid].tolist())
         return 100.0 * float(np.mean(ious))
 
+    def stem_gap(state) -> tuple[float, float]:
+        """|stem conv bias| max, and max over channels of |batch mean - running mean| / batch std before the norm."""
+        model = nnx.merge(graphs["float32"], state.params, state.model_state)
+        pre = np.asarray(model.stem.conv(batches[0][0].astype(jnp.float32)), np.float64)
+        pre = pre.reshape(-1, pre.shape[-1])
+        z = np.abs(pre.mean(0) - np.asarray(model.stem.norm.mean[...])) / (pre.std(0) + 1e-12)
+        return float(np.abs(np.asarray(model.stem.conv.bias[...])).max()), float(z.max())
+
     print(f"{args.workdir}: trained in {config.model.dtype}, {len(src)} validation images at {size}, "
           f"validation batches of {args.batch}")
-    print(f"{'step':>6} {'epoch':>5} | {'bf16 running':>12} {'bf16 batch':>10} | {'f32 running':>11} {'f32 batch':>9}")
+    print(f"{'step':>6} {'epoch':>5} | {'bf16 running':>12} {'bf16 batch':>10} | {'f32 running':>11} "
+          f"{'f32 batch':>9} | {'stem |bias|':>11} {'stem mean gap (std)':>19}")
     for step in steps:
         state, _, _ = checkpoint.restore(mngr, step, abstract, data_iter=None)
         row = [iou_of(state, dt, bs) for dt in ("bfloat16", "float32") for bs in (False, True)]
-        epoch = step / steps_per_epoch
-        print(f"{step:>6} {epoch:>5.1f} | {row[0]:>12.2f} {row[1]:>10.2f} | {row[2]:>11.2f} {row[3]:>9.2f}", flush=True)
+        bias, gap = stem_gap(state)
+        print(f"{step:>6} {step / steps_per_epoch:>5.1f} | {row[0]:>12.2f} {row[1]:>10.2f} | {row[2]:>11.2f} "
+              f"{row[3]:>9.2f} | {bias:>11.3g} {gap:>19.3g}", flush=True)
     mngr.close()
 
 
