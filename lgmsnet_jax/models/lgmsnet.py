@@ -70,7 +70,7 @@ class LGMSNet(nnx.Module):
             that block's width (dims[3], dims[4], dims[3], dims[2]).
           mlp_dims: FFN widths of the same 4 GMS blocks.
           num_heads, head_dim, patch_size: attention heads/width and the sparse-token sub-lattice stride.
-          dtype: compute dtype (params stay float32; norm statistics in float32).
+          dtype: compute dtype (params stay float32; norm statistics and the stem in float32, see __call__).
           remat: rematerialise each stage in the backward pass (jax.checkpoint) to save activation memory.
           depthwise_impl: 'xla' | 'shift_add' | 'grouped_padded' (LMS), see layers.depthwise_conv.
           attention_impl: 'xla' | 'dot_product' | 'cudnn', see gms.TransformerLayer.
