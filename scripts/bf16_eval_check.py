@@ -41,7 +41,7 @@ def main() -> None:
     size = tuple(config.image_size)
     batches = [(jnp.asarray(b["image"]), jnp.asarray(b["mask"]), np.asarray(b["valid"]) > 0)
                for b in dp.eval_dataset(src, batch_size=args.batch, image_size=size, normalize=config.normalize)]
-    graphdef, abstract = builders.abstract_train_state(config)
+    _, abstract = builders.abstract_train_state(config)
     graphs = {}
     for dt in ("bfloat16", "float32"):
         c = ml_collections.ConfigDict(config.to_dict())

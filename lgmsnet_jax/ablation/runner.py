@@ -94,7 +94,7 @@ def _epoch_of(step: int, steps_per_epoch: int) -> int:
 def train_setting(config, setting: grid_lib.Setting, members: Sequence[grid_lib.Member], setting_dir: pathlib.Path,
                   *, use_loss_weights: bool, deadline: float | None = None, stop_after_steps: int | None = None,
                   devices=None, on_step: Callable[[int, np.ndarray], None] | None = None,
-                  member_loop: str = "map") -> str:
+                  member_loop: str = ensemble.DEFAULT_MEMBER_LOOP) -> str:
     """Trains the unfinished `members` of one setting as ensembles (one per resume step) to the end.
 
     Args:
@@ -333,9 +333,10 @@ def run_grid(ablation: ml_collections.ConfigDict, workdir: str | pathlib.Path, *
         with checkpoint.WorkdirLock(sdir):
             checkpoint.check_and_write_config(sdir, config.to_dict(), force=force_config)
             hook = None if on_step is None else (lambda step, losses, name=setting.name: on_step(name, step, losses))
+            loop_kind = ablation.get("member_loop", ensemble.DEFAULT_MEMBER_LOOP)
             out[setting.name] = train_setting(config, setting, grid.members, sdir, use_loss_weights=use_loss_weights,
                                               deadline=deadline, stop_after_steps=stop_after_steps, devices=devices,
-                                              on_step=hook, member_loop=ablation.get("member_loop", "map"))
+                                              on_step=hook, member_loop=loop_kind)
         report.write_report(workdir, tuple(ablation.get("report_metrics", ("iou", "f1"))), order=names,
                             title=ablation.get("title", ""), keep={(s.name, m.name) for s in grid.settings
                                                                      for m in grid.members})
