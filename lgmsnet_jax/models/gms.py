@@ -52,6 +52,14 @@ def from_groups(tokens: jax.Array, spatial: tuple[int, ...], patch: int) -> jax.
     return y.transpose(perm).reshape(n, *spatial, t)
 
 
+def effective_attention_impl(impl: str, dtype) -> str:
+    """The attention path that runs: 'cudnn' becomes 'xla' where cuDNN's flash attention cannot run (backends other
+    than GPU, and float32, which it does not take), so a bf16 cuDNN run still evaluates in float32 or on CPU/TPU."""
+    if impl == "cudnn" and (jax.default_backend() != "gpu" or jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16)):
+        return "xla"
+    return impl
+
+
 class TransformerLayer(nnx.Module):
     """Pre-norm layer: t + Attn(LN(t)), then t + FFN(LN(t)); FFN = Linear -> SiLU -> Linear; no positional code.
 
@@ -63,8 +71,8 @@ class TransformerLayer(nnx.Module):
     def __init__(self, dim: int, mlp_dim: int, *, num_heads: int, head_dim: int, attention_impl: str = "xla",
                  rngs: nnx.Rngs):
         """Args: token width T; MLP width M; heads and head width; 'xla' (einsum+softmax), 'dot_product'
-        (jax.nn.dot_product_attention, implementation=None) or 'cudnn' (cuDNN flash attention on GPUs, 'xla' on
-        other backends); rngs."""
+        (jax.nn.dot_product_attention, implementation=None) or 'cudnn' (cuDNN flash attention for bf16/fp16 on GPUs,
+        else 'xla': see effective_attention_impl); rngs."""
         if attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"unknown attention_impl {attention_impl!r}; expected one of {ATTENTION_IMPLS}")
         inner = num_heads * head_dim
@@ -82,9 +90,7 @@ class TransformerLayer(nnx.Module):
         shape = (math.prod(batch), n, self.num_heads, self.head_dim)
         q, k, v = (a.reshape(shape) for a in (q, k, v))
         scale = self.head_dim ** -0.5
-        impl = self.attention_impl
-        if impl == "cudnn" and jax.default_backend() != "gpu":
-            impl = "xla"  # cuDNN exists only on NVIDIA GPUs: a run trained with it still evaluates on CPU or TPU
+        impl = effective_attention_impl(self.attention_impl, x.dtype)
         if impl == "xla":
             scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
             # Softmax in float32 so bf16 compute keeps normalised weights.

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from lgmsnet_jax.models import build_model, count_params, host_init, layers
-from lgmsnet_jax.models.gms import TransformerLayer, from_groups, to_groups
+from lgmsnet_jax.models.gms import TransformerLayer, effective_attention_impl, from_groups, to_groups
 
 # Narrow widths keep compiles at a few seconds; the topology is the reference's.
 TINY = dict(dims=(4, 8, 8, 16, 16), gms_splits=((12, 4), (12, 4), (12, 4), (6, 2)), mlp_dims=(8, 8, 8, 8))
@@ -221,6 +221,12 @@ def test_regrouping_follows_the_reference_token_order(ndim):
     np.testing.assert_array_equal(np.asarray(from_groups(jnp.asarray(tokens), spatial, 2)), xs)
 
 
+def test_cudnn_attention_falls_back_to_xla_where_cudnn_cannot_run():
+    assert effective_attention_impl("cudnn", jnp.float32) == "xla"
+    assert effective_attention_impl("cudnn", jnp.bfloat16) == ("cudnn" if jax.default_backend() == "gpu" else "xla")
+    assert effective_attention_impl("dot_product", jnp.float32) == "dot_product"
+
+
 def test_attention_impls_agree():
     abstract = nnx.eval_shape(lambda: TransformerLayer(24, 16, num_heads=4, head_dim=8, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
@@ -229,7 +235,7 @@ def test_attention_impls_agree():
     ref = np.asarray(layer(t))
     layer.attention_impl = "dot_product"
     np.testing.assert_allclose(np.asarray(layer(t)), ref, atol=1e-5)
-    if jax.default_backend() != "gpu":  # a cuDNN-trained model still runs here (the XLA path)
-        layer.attention_impl = "cudnn"
-        np.testing.assert_array_equal(np.asarray(layer(t)), ref)
+    # A cuDNN-trained model still runs in float32 and off GPUs (the XLA path): cuDNN takes only bf16/fp16.
+    layer.attention_impl = "cudnn"
+    np.testing.assert_array_equal(np.asarray(layer(t)), ref)
     assert count_params(layer) == 2 * 48 + 24 * 96 + 32 * 24 + 24 + 24 * 16 + 16 + 16 * 24 + 24
