@@ -10,8 +10,8 @@ Recipe: SGD lr 0.02, momentum 0.9, weight decay 1e-4 (all parameters), poly 0.9 
 The reference has no test split: the best checkpoint is selected and reported on the validation list (the
 reference protocol; labelled as such in summary.json).
 
-Expected result: the paper reports BUSI IoU 73.40 (2.0) / F1 81.82 (1.9), mean of 3 splits. Ours (RESULTS.md):
-split 3 float32 74.93 / 83.34; splits 1 and 2 (bf16) 68.09 and 71.54; float32 split 1 was at 69.19 after 369 epochs.
+Expected result: the paper reports BUSI IoU 73.40 (2.0) / F1 81.82 (1.9), mean of 3 splits. Ours (RESULTS.md,
+float32): splits 1/2/3 69.74 / 72.26 / 74.93 IoU, mean 72.31 +- 2.59, F1 80.72.
 Runtime on one H200 (float32, the default): 10 min for the 500 epochs (0.96 s per epoch, compile ~50 s). bf16 made this
 dataset's validation unstable for ~250 epochs (RESULTS.md). The cause, the stem's conv bias under bf16 rounding, is
 fixed (the stem computes in float32) and checked on CPU, but not yet on the GPU, so float32 stays the default.
