@@ -34,7 +34,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from lgmsnet_jax.inference import packing
 from lgmsnet_jax.models import count_params
 from lgmsnet_jax.models import gms
-from lgmsnet_jax.models.gms import ATTENTION_IMPLS
 from lgmsnet_jax.models.lms import LMS_DEPTHWISE_IMPLS
 from lgmsnet_jax.training import builders, optim, state as state_lib, step as step_lib, tasks
 
@@ -418,7 +417,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=100, help="timed calls per measurement")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls before timing")
     p.add_argument("--depthwise_impl", default="xla", help=f"one of {LMS_DEPTHWISE_IMPLS} or 'all'")
-    p.add_argument("--attention_impl", default="xla", choices=ATTENTION_IMPLS)
+    p.add_argument("--attention_impl", default="xla", choices=gms.ATTENTION_IMPLS)
     p.add_argument("--devices", type=int, default=1,
                    help="also time data-parallel training over this many local devices (same batch per device)")
     p.add_argument("--pack_params", action="store_true",
