@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 16  # global, over all devices and processes
     c.eval_batch_size = 0  # 0 = batch_size
     c.grad_accum_steps = 1
+    c.batchnorm = "global"  # or "per_device": BatchNorm statistics per device in data-parallel runs
     c.seed = 41
     # Evaluation, logging, checkpoints.
     c.eval_every = 1  # epochs

@@ -2,7 +2,7 @@
 training-step throughput (1 device and data-parallel over N), compiled and peak device memory, fp32 and bf16.
 
     python -m lgmsnet_jax.benchmark [--ndim 2|3|2,3] [--dtype fp32|bf16|both] [--depthwise_impl xla|...|all]
-        [--devices N] [--steps 100 --warmup 10] [--json] [--output FILE] [--profile DIR] [--set KEY=JSON ...]
+        [--devices N [--batchnorm per_device]] [--steps 100 --warmup 10] [--json] [--output FILE] [--profile DIR] [--set KEY=JSON ...]
 
 Protocol: fixed random inputs already on the device, one jitted function per measurement (compiled before
 timing, compile time reported), `--warmup` untimed calls, then `--steps` calls each timed to
@@ -32,8 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lgmsnet_jax.inference import packing
-from lgmsnet_jax.models import count_params
-from lgmsnet_jax.models import gms
+from lgmsnet_jax.models import count_params, gms, layers
 from lgmsnet_jax.models.lms import LMS_DEPTHWISE_IMPLS
 from lgmsnet_jax.training import builders, optim, state as state_lib, step as step_lib, tasks
 
@@ -331,6 +330,8 @@ def benchmark_row(ndim: int, dtype: str, depthwise_impl: str, args: argparse.Nam
             log.info("%s: train step, %d device(s) x batch %d", label, n, s.train_batch)
             # Each run trains a fresh copy: the step donates (deletes) the state it is given.
             fresh = nnx.merge(graphdef, jax.tree.map(jnp.copy, variables))
+            if args.batchnorm == "per_device" and n > 1 and not layers.set_batchnorm_groups(fresh, n):
+                raise ValueError(f"--batchnorm per_device: model {args.model!r} has no BatchNorm layers")
             r = _train(fresh, s, s.train_batch, devices, f"{label}_train{n}", args, key)
             thr = _per_second(r["batch"], r["median_ms"])
             if n == 1:
@@ -420,6 +421,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--attention_impl", default="xla", choices=gms.ATTENTION_IMPLS)
     p.add_argument("--devices", type=int, default=1,
                    help="also time data-parallel training over this many local devices (same batch per device)")
+    p.add_argument("--batchnorm", default="global", choices=("global", "per_device"),
+                   help="data-parallel BatchNorm statistics: over the global batch, or per device (train.py's "
+                        "config.batchnorm)")
     p.add_argument("--pack_params", action="store_true",
                    help="inference: pass the model state as one buffer per dtype (fewer call arguments)")
     p.add_argument("--measure", default="latency,infer,train", help="subset of latency,infer,train")
@@ -466,7 +470,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--devices {args.devices}: only {len(jax.local_devices())} local device(s) "
                          f"({jax.local_devices()[0].device_kind})")
     settings = {k: getattr(args, k) for k in ("steps", "warmup", "devices", "measure", "attention_impl", "model",
-                                              "pack_params",
+                                              "pack_params", "batchnorm",
                                               "size", "latency_batch", "infer_batch", "train_batch")}
     settings["model_kwargs"] = args.model_kwargs
     results = []

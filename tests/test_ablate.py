@@ -65,6 +65,10 @@ def test_parse_grid_takes_the_product_of_numeric_axes_and_rejects_misplaced_keys
     base = runner.resolve_base(_ablation({"a": {}}, {"seed": (1,)}))
     with pytest.raises(KeyError, match="settings.a: config has no key 'optim.lrr'"):
         grid_lib.apply_overrides(base, {"optim.lrr": 1.0}, where="settings.a")
+    per_device = _ablation({"a": {}}, {"seed": (1,)})
+    per_device.base_overrides.batchnorm = "per_device"  # members train on one device each: refused up front
+    with pytest.raises(ValueError, match="batchnorm='per_device': grid members train on one device each"):
+        runner.resolve_base(per_device)
 
 
 def test_weighted_loss_with_reference_weights_equals_bce_dice_loss():

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from lgmsnet_jax import benchmark
-from lgmsnet_jax.models import register_model, registered_models
+from lgmsnet_jax.models import layers, register_model, registered_models
 
 ROW_FIELDS = {
     "ndim", "dtype", "depthwise_impl", "attention_impl", "size", "unit", "in_channels", "num_classes", "params",
@@ -30,12 +30,12 @@ class BenchNet(nnx.Module):
 
     def __init__(self, ndim, in_channels, num_classes, *, dtype=jnp.float32, rngs):
         self.conv = nnx.Conv(in_channels, WIDTH, (3,) * ndim, padding="SAME", dtype=dtype, rngs=rngs)
-        self.bn = nnx.BatchNorm(WIDTH, rngs=rngs)  # float32 statistics, as LGMSNet's norms
+        self.bn = layers.BatchNorm(WIDTH)  # LGMSNet's BatchNorm (float32 statistics)
         self.head = nnx.Conv(WIDTH, num_classes, (1,) * ndim, dtype=dtype, rngs=rngs)
         self.dtype = dtype
 
     def __call__(self, x, train=None):
-        h = self.bn(self.conv(x.astype(self.dtype)).astype(jnp.float32), use_running_average=not train)
+        h = self.bn(self.conv(x.astype(self.dtype)).astype(jnp.float32), train=train)
         return self.head(nnx.relu(h).astype(self.dtype)).astype(jnp.float32)
 
 
@@ -85,6 +85,16 @@ def test_benchmark_json_has_every_field_for_both_dtypes_and_data_parallel(capsys
     traces = list((tmp_path / "prof").rglob("*.xplane.pb"))
     assert {p.relative_to(tmp_path / "prof").parts[0] for p in traces} == {
         f"2d_{d}_bench_test_net_{m}" for d in ("fp32", "bf16") for m in ("latency", "infer", "train1", "train2")}
+
+
+def test_benchmark_times_per_device_batchnorm_in_the_data_parallel_step(capsys, monkeypatch):
+    groups = []
+    set_groups = benchmark.layers.set_batchnorm_groups
+    monkeypatch.setattr(benchmark.layers, "set_batchnorm_groups", lambda m, g: groups.append(g) or set_groups(m, g))
+    report, _ = _run(capsys, "--ndim", "2", "--dtype", "fp32", "--size", "16", "--train_batch", "2", "--devices", "2",
+                     "--measure", "train", "--batchnorm", "per_device")
+    assert report["settings"]["batchnorm"] == "per_device" and groups == [2]  # the 1-device row stays global
+    assert report["results"][0]["dp_devices"] == 2 and report["results"][0]["dp_per_s"] > 0
 
 
 def test_benchmark_3d_trains_the_multiclass_task(capsys):

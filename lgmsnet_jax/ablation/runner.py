@@ -34,7 +34,11 @@ def resolve_base(ablation: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     root = None if pathlib.Path(spec.partition(":")[0]).exists() else REPO_ROOT
     base = grid_lib.load_config_file(spec, root)
     overrides = {k: v for k, v in grid_lib.flatten(ablation.get("base_overrides") or {}).items() if v is not None}
-    return grid_lib.apply_overrides(base, overrides, where="base_overrides")
+    base = grid_lib.apply_overrides(base, overrides, where="base_overrides")
+    if base.get("batchnorm", "global") != "global":
+        raise ValueError(f"batchnorm={base.batchnorm!r}: grid members train on one device each, so only 'global' "
+                         "applies (per-device BatchNorm is for data-parallel train.py runs)")
+    return base
 
 
 def setting_config(base: ml_collections.ConfigDict, setting: grid_lib.Setting) -> ml_collections.ConfigDict:

@@ -208,13 +208,19 @@ class BatchNorm(nnx.Module):
     Flax's BatchNorm updates running_var with the biased batch variance; PyTorch multiplies it by n/(n-1)
     (spec §4.2), which the reference fixtures' `train_running.*` record. `use_running_average` is the NNX
     train/eval flag (`model.train()` sets False, `model.eval()` True).
+
+    `stat_groups` = G > 1 normalises each of G equal, consecutive slices of the batch with its own statistics:
+    with G = the data-parallel device count, each device normalises its own samples (PyTorch DDP without
+    SyncBatchNorm) and no statistic crosses devices on the step's critical path. The running statistics take the
+    mean over groups of each group's mean and unbiased variance. G = 1 (default) is the exact batch statistic.
     """
 
     def __init__(self, num_features: int, *, momentum: float = 0.1, use_running_average: bool = False,
-                 rngs: nnx.Rngs | None = None):
+                 stat_groups: int = 1, rngs: nnx.Rngs | None = None):
         del rngs  # no random init: scale 1, bias 0, mean 0, var 1 as PyTorch
         self.momentum = momentum
         self.use_running_average = use_running_average
+        self.stat_groups = stat_groups
         self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
         self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
@@ -223,19 +229,39 @@ class BatchNorm(nnx.Module):
     def __call__(self, x: jax.Array, train: bool | None = None) -> jax.Array:
         """Normalise (N, *spatial, C); `train` overrides the module flag for this call."""
         use_batch = (not self.use_running_average) if train is None else train
-        axes = tuple(range(x.ndim - 1))
+        g = self.stat_groups
+        if use_batch and g > 1:
+            if x.shape[0] % g:
+                raise ValueError(f"BatchNorm: a batch of {x.shape[0]} does not split into stat_groups={g}")
+            shape = x.shape
+            x = x.reshape(g, shape[0] // g, *shape[1:])  # the group axis follows the batch's device sharding
         if use_batch:
-            xf, mean, var = _normalize(x, axes)
-            n = math.prod(x.shape[:-1])
-            unbiased = var.reshape(-1) * (n / max(n - 1, 1))
+            first = 1 if g > 1 else 0
+            xf, mean, var = _normalize(x, tuple(range(first, x.ndim - 1)))
+            n = math.prod(x.shape[first:-1])
+            lead = tuple(range(x.ndim - 1))  # mean over groups (a no-op for one group)
+            unbiased = jnp.mean(var, axis=lead).reshape(-1) * (n / max(n - 1, 1))
             m = self.momentum
-            self.mean[...] = (1.0 - m) * self.mean[...] + m * mean.reshape(-1)
+            self.mean[...] = (1.0 - m) * self.mean[...] + m * jnp.mean(mean, axis=lead).reshape(-1)
             self.var[...] = (1.0 - m) * self.var[...] + m * unbiased
         else:
             xf = x.astype(jnp.float32)
             mean, var = _bcast(self.mean[...], x.ndim), _bcast(self.var[...], x.ndim)
         y = (xf - mean) * jax.lax.rsqrt(var + EPS) * _bcast(self.scale[...], x.ndim) + _bcast(self.bias[...], x.ndim)
+        if use_batch and g > 1:
+            y = y.reshape(shape)
         return y.astype(x.dtype)
+
+
+def set_batchnorm_groups(model: nnx.Module, groups: int) -> int:
+    """Sets `stat_groups` on every BatchNorm in `model` (1: batch statistics; the data-parallel device count:
+    per-device statistics). Returns how many layers it set."""
+    if groups < 1:
+        raise ValueError(f"BatchNorm stat groups must be >= 1, got {groups}")
+    layers = [m for _, m in nnx.iter_graph(model) if isinstance(m, BatchNorm)]
+    for bn in layers:
+        bn.stat_groups = groups
+    return len(layers)
 
 
 class InstanceNorm(nnx.Module):

@@ -24,6 +24,8 @@ CKPT_DIR = "checkpoints"
 # Keys that may change between invocations of one run: where the data lives is not part of the experiment.
 RESUME_MUTABLE_KEYS = ("data_dir", "cache_dir", "max_run_seconds", "picture_every_epochs", "log_every",
                        "resume_data", "eval_cache_gib", "num_workers", "checkpoint_every_epochs")
+# Top-level config keys added after runs had been saved, with the value those runs used.
+LATER_KEY_DEFAULTS = {"batchnorm": "global"}
 # "select" metric of an evaluated checkpoint that did not improve (validation scores are >= 0).
 NOT_BEST = -1.0
 
@@ -98,6 +100,8 @@ class WorkdirLock:
 
 def config_diff(saved: dict, new: dict, ignore: tuple[str, ...] = RESUME_MUTABLE_KEYS) -> str:
     """Unified diff of two config dicts (JSON, sorted keys), ignoring top-level `ignore` keys; "" if equal."""
+    # A run saved before a key existed compares as if it held that key's default.
+    saved, new = LATER_KEY_DEFAULTS | saved, LATER_KEY_DEFAULTS | new
     a = json.dumps({k: v for k, v in saved.items() if k not in ignore}, indent=1, sort_keys=True).splitlines()
     b = json.dumps({k: v for k, v in new.items() if k not in ignore}, indent=1, sort_keys=True).splitlines()
     if a == b:

@@ -16,6 +16,12 @@ def test_config_diff_names_changed_keys_and_ignores_data_location():
     assert checkpoint.config_diff(a, a | {"data_dir": "/c"}) == ""
 
 
+def test_a_run_saved_before_a_config_key_existed_compares_with_its_default():
+    saved = {"epochs": 10}  # config.json of a run from before `batchnorm` existed
+    assert checkpoint.config_diff(saved, {"epochs": 10, "batchnorm": "global"}) == ""
+    assert '+ "batchnorm": "per_device"' in checkpoint.config_diff(saved, {"epochs": 10, "batchnorm": "per_device"})
+
+
 def test_config_check_allows_a_new_config_when_there_is_no_checkpoint(tmp_path):
     checkpoint.check_and_write_config(tmp_path, {"epochs": 1})
     checkpoint.check_and_write_config(tmp_path, {"epochs": 2})  # the first attempt never saved anything

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -84,6 +85,20 @@ def test_concurrent_run_is_refused_and_stale_lock_taken_over(tmp_path):
     (tmp_path / checkpoint.LOCK_FILE).write_text(json.dumps(stale))
     assert loop.train_and_evaluate(tiny_config(), tmp_path, stop_after_steps=1) == {"stopped_at": 1}
     assert not (tmp_path / checkpoint.LOCK_FILE).exists()
+
+
+def test_per_device_batchnorm_reaches_the_model_and_a_bad_mode_stops_before_work(tmp_path):
+    with pytest.raises(ValueError, match=r"config.batchnorm must be one of \('global', 'per_device'\), got 'sync'"):
+        loop.train_and_evaluate(tiny_config(batchnorm="sync"), tmp_path / "bad")
+    first_loss = {}
+    for mode in ("global", "per_device"):
+        model = ml_collections.ConfigDict({"width": 4, "use_bn": "project"})
+        config = tiny_config(batchnorm=mode, epochs=1, model=model)
+        loop.train_and_evaluate(config, tmp_path / mode, stop_after_steps=1)
+        first_loss[mode] = next(r["train/loss"] for r in writers.read_jsonl(tmp_path / mode / "metrics.jsonl")
+                                if "train/loss" in r)
+    # Same data, weights and step; only the BatchNorm statistics differ (2 devices x 2 rows vs 4 rows).
+    assert first_loss["per_device"] != pytest.approx(first_loss["global"], rel=1e-4)
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path):

@@ -5,7 +5,7 @@ Imported by tests in-process and by subprocess tests (multi-device, multi-proces
 import jax.numpy as jnp
 from flax import nnx
 
-from lgmsnet_jax.models import register_model, registered_models
+from lgmsnet_jax.models import layers, register_model, registered_models
 
 
 class TinySegNet(nnx.Module):
@@ -14,14 +14,17 @@ class TinySegNet(nnx.Module):
     def __init__(self, in_channels=3, num_classes=1, width=4, use_bn=True, dtype=jnp.float32, *, rngs):
         self.conv = nnx.Conv(in_channels, width, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs)
         # Normalisation in f32 (as LGMSNet does); flax's BatchNorm mixes bf16/f32 under strict promotion.
-        self.bn = nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, rngs=rngs) if use_bn else None
+        # use_bn="project": the models' own BatchNorm (layers.BatchNorm), which per-device statistics act on.
+        self.bn = (layers.BatchNorm(width) if use_bn == "project" else
+                   nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, rngs=rngs) if use_bn else None)
         self.dtype = dtype
         self.head = nnx.Conv(width, num_classes, (1, 1), dtype=dtype, rngs=rngs)
 
     def __call__(self, x, train=None):
         h = self.conv(x)
         if self.bn is not None:
-            h = self.bn(h.astype(jnp.float32), use_running_average=not train).astype(self.dtype)
+            h = (self.bn(h.astype(jnp.float32), train=train) if isinstance(self.bn, layers.BatchNorm) else
+                 self.bn(h.astype(jnp.float32), use_running_average=not train)).astype(self.dtype)
         return self.head(nnx.relu(h))
 
 
