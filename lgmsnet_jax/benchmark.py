@@ -2,7 +2,8 @@
 training-step throughput (1 device and data-parallel over N), compiled and peak device memory, fp32 and bf16.
 
     python -m lgmsnet_jax.benchmark [--ndim 2|3|2,3] [--dtype fp32|bf16|both] [--depthwise_impl xla|...|all]
-        [--devices N [--batchnorm per_device]] [--steps 100 --warmup 10] [--json] [--output FILE] [--profile DIR] [--set KEY=JSON ...]
+        [--devices N [--batchnorm per_device]] [--steps 100 --warmup 10] [--json] [--output FILE]
+        [--profile DIR] [--set KEY=JSON ...]
 
 Protocol: fixed random inputs already on the device, one jitted function per measurement (compiled before
 timing, compile time reported), `--warmup` untimed calls, then `--steps` calls each timed to
@@ -421,7 +422,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--attention_impl", default="xla", choices=gms.ATTENTION_IMPLS)
     p.add_argument("--devices", type=int, default=1,
                    help="also time data-parallel training over this many local devices (same batch per device)")
-    p.add_argument("--batchnorm", default="global", choices=("global", "per_device"),
+    p.add_argument("--batchnorm", default="global", choices=layers.BATCHNORM_MODES,
                    help="data-parallel BatchNorm statistics: over the global batch, or per device (train.py's "
                         "config.batchnorm)")
     p.add_argument("--pack_params", action="store_true",

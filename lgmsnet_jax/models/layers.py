@@ -253,15 +253,20 @@ class BatchNorm(nnx.Module):
         return y.astype(x.dtype)
 
 
+# config.batchnorm / benchmark --batchnorm: "global" = statistics over the whole global batch (one GPU's numerics at
+# any device count; one all-reduce per layer on the critical path); "per_device" = each device's own rows.
+BATCHNORM_MODES = ("global", "per_device")
+
+
 def set_batchnorm_groups(model: nnx.Module, groups: int) -> int:
     """Sets `stat_groups` on every BatchNorm in `model` (1: batch statistics; the data-parallel device count:
     per-device statistics). Returns how many layers it set."""
     if groups < 1:
         raise ValueError(f"BatchNorm stat groups must be >= 1, got {groups}")
-    layers = [m for _, m in nnx.iter_graph(model) if isinstance(m, BatchNorm)]
-    for bn in layers:
+    norms = [m for _, m in nnx.iter_graph(model) if isinstance(m, BatchNorm)]
+    for bn in norms:
         bn.stat_groups = groups
-    return len(layers)
+    return len(norms)
 
 
 class InstanceNorm(nnx.Module):

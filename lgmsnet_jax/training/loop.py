@@ -18,6 +18,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lgmsnet_jax.models import layers
 from lgmsnet_jax.training import builders, checkpoint, metrics as metrics_lib, step as step_lib, tasks, writers
 
 SUMMARY_FILE = "summary.json"
@@ -107,9 +108,6 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, force_config: boo
 
 
 RESUME_DATA = ("exact", "restart")
-# "global": BatchNorm statistics over the whole global batch (one GPU's numerics at any device count; one
-# all-reduce per layer on the critical path); "per_device": each device's own rows (PyTorch DDP without SyncBN).
-BATCHNORM_MODES = ("global", "per_device")
 
 
 def _resume(mngr, latest: int, state, repl, run, resume_data: str, nproc: int):
@@ -149,8 +147,8 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
     is_main = pid == 0
     if config.get("resume_data", "exact") not in RESUME_DATA:
         raise ValueError(f"config.resume_data must be one of {RESUME_DATA}, got {config.resume_data!r}")
-    if config.get("batchnorm", "global") not in BATCHNORM_MODES:
-        raise ValueError(f"config.batchnorm must be one of {BATCHNORM_MODES}, got {config.batchnorm!r}")
+    if config.get("batchnorm", "global") not in layers.BATCHNORM_MODES:
+        raise ValueError(f"config.batchnorm must be one of {layers.BATCHNORM_MODES}, got {config.batchnorm!r}")
     task = tasks.get_task(config.task)
 
     mesh = make_mesh(devices)
@@ -165,7 +163,6 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
     tx, schedule = builders.build_optimizer(config, steps_per_epoch)
     model = builders.build_model(config)
     if config.get("batchnorm", "global") == "per_device":
-        from lgmsnet_jax.models import layers  # noqa: PLC0415
         n_bn = layers.set_batchnorm_groups(model, mesh.size)  # each device normalises its own rows of the batch
         logging.info("config.batchnorm=per_device: %d BatchNorm layers, statistics over each of %d devices' rows",
                      n_bn, mesh.size)
