@@ -78,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 41
     # Evaluation, logging, checkpoints.
     c.eval_every = 1  # epochs
+    # Also score the test split at every validation (logged as test/*, plus the best over epochs in summary.json);
+    # monitoring only: selection stays on validation. The reference's Kvasir script does this.
+    c.monitor_test = False
     c.log_every = 10  # steps
     c.max_run_seconds = 0.0  # >0: stop (and checkpoint) after this many seconds of this invocation; rerun to resume
     c.checkpoint_every_epochs = 1  # at evaluations: save a resume point every N epochs (a new best is always saved)

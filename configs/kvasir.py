@@ -8,7 +8,10 @@ Command:
 
 Recipe: SGD lr 0.01, momentum 0.9, weight decay 1e-4 (all parameters), poly 0.9 per iteration, batch 8,
 300 epochs, 256x256, Kvasir augmentation (flips, colour jitter, affine, elastic), ImageNet normalisation (RGB),
-loss 0.5*BCE + soft Dice; validation every epoch, best checkpoint by validation IoU (strictly greater).
+loss 0.5*BCE + soft Dice; validation every epoch, best checkpoint by validation IoU (strictly greater). As in
+`main_kvasir.py`, the test set is also scored every epoch (`monitor_test`: logged as test/*, with the best over
+epochs in summary.json["test_monitor"], the number the reference's best-on-test checkpoint would give), for
+monitoring only: the reported result is the validation-selected checkpoint's.
 Splits: test = PraNet's 100 test images; train/val = a seeded 90/10 cut of PraNet's 900 training images (the
 DUCK-Net folders used by the paper are not public; data_pipelines/sources.py). The final report evaluates the
 best-on-validation checkpoint on test ("selected on validation, reported on test").
@@ -48,6 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 8
     c.epochs = 300
     c.seed = int(args.get("seed", 41))
+    c.monitor_test = True  # main_kvasir.py scores the test set every epoch too (selection stays on validation)
     if args.get("smoke"):
         common.shrink_for_smoke(c)
     return common.use_model(c, str(args.get("model", "lgmsnet")), "configs/kvasir.py", smoke=bool(args.get("smoke")))

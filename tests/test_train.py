@@ -53,6 +53,7 @@ def test_demo_trains_end_to_end_and_rerun_resumes_finished_run(tmp_path):
     assert 6 in steps and all(s in (2, 4, 6) for s in steps)
     summary = json.loads((wd / "summary.json").read_text())
     assert set(summary["metrics"]) == {"val", "test"} and 0.0 <= summary["metrics"]["test"]["iou"] <= 1.0
+    assert "test_monitor" not in summary and not any(k.startswith("test/") for r in records for k in r)
     pngs = sorted((wd / "predictions").glob("val_epoch*.png"))
     assert [p.name for p in pngs] == ["val_epoch0001.png", "val_epoch0002.png", "val_epoch0003.png"]
     (event_file,) = (wd / "tb").glob("events.out.tfevents.*")
@@ -159,12 +160,24 @@ def test_kvasir_smoke_on_real_data(tmp_path, shared_dir):
         pytest.skip(f"{data} not found")
     wd = tmp_path / "kvasir"
     out = _ok(_train(["--config", "configs/kvasir.py:smoke", "--workdir", str(wd), f"--config.data_dir={data}",
-                      f"--config.cache_dir={tmp_path / 'cache'}"], timeout=400))
+                      f"--config.cache_dir={tmp_path / 'cache'}", "--config.epochs=3"], timeout=400))
     assert "LGMSNet on kvasir" in out.stdout
     summary = json.loads((wd / "summary.json").read_text())
     assert summary["metrics"]["test"]["count"] == 4 and summary["metrics"]["val"]["count"] == 4
+    # configs/kvasir.py scores test at every validation, as main_kvasir.py does, without selecting on it.
+    records = writers.read_jsonl(wd / "metrics.jsonl")
+    val = {r["epoch"]: r["val/iou"] for r in records if "val/iou" in r}
+    test = {r["epoch"]: r["test/iou"] for r in records if "test/iou" in r}
+    assert sorted(test) == sorted(val) and len(test) >= 2
+    best_val_epoch = max(sorted(val), key=lambda e: val[e])  # the first of ties, as strict > keeps it
+    assert summary["checkpoint"].startswith(f"best validation iou (epoch {best_val_epoch},")
+    assert summary["metrics"]["test"]["iou"] == pytest.approx(test[best_val_epoch], rel=1e-5, abs=1e-6)
+    best_test_epoch = max(sorted(test), key=lambda e: test[e])
+    assert summary["test_monitor"]["epoch"] == best_test_epoch
+    assert summary["test_monitor"]["best_iou"] == pytest.approx(test[best_test_epoch], rel=1e-6)
+    assert "monitoring only: best test IOU" in out.stdout
     losses = _losses(wd)
-    assert sorted(losses) == [1, 2] and all(np.isfinite(list(losses.values())))
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6] and all(np.isfinite(list(losses.values())))
 
 
 def test_dead_process_stops_the_run_and_rerun_resumes(tmp_path):

@@ -112,6 +112,11 @@ class TaskRun:
         """Evaluates the validation split during training; returns host metrics (keyed as in metrics.jsonl)."""
         raise NotImplementedError
 
+    def monitor(self, state: Any) -> dict[str, float]:
+        """Held-out metrics evaluated beside each validation, for monitoring only (never used for selection or
+        stopping); {} when the run has none."""
+        return {}
+
     def val_scalars(self, val: dict[str, float]) -> dict[str, float]:
         """The validation metrics written to TensorBoard."""
         return val
