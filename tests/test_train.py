@@ -169,6 +169,7 @@ def test_kvasir_smoke_on_real_data(tmp_path, shared_dir):
     val = {r["epoch"]: r["val/iou"] for r in records if "val/iou" in r}
     test = {r["epoch"]: r["test/iou"] for r in records if "test/iou" in r}
     assert sorted(test) == sorted(val) and len(test) >= 2
+    assert all(r["time/test_s"] > 0 for r in records if "test/iou" in r)
     best_val_epoch = max(sorted(val), key=lambda e: val[e])  # the first of ties, as strict > keeps it
     assert summary["checkpoint"].startswith(f"best validation iou (epoch {best_val_epoch},")
     assert summary["metrics"]["test"]["iou"] == pytest.approx(test[best_val_epoch], rel=1e-5, abs=1e-6)

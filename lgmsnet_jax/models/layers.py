@@ -48,7 +48,6 @@ def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, grou
       (N, *spatial, C_out) in x.dtype.
     """
     ndim = x.ndim - 2
-    pads = [(k // 2, k // 2) for k in kernel.shape[:ndim]]
     if 1 < groups < x.shape[-1]:
         # One conv per group, joined: XLA's SPMD partitioner all-gathers a batch-sharded input of a conv with
         # 1 < feature_group_count < C_in (depthwise is fine), so the fusion blocks' 2-group conv ran on the whole
@@ -56,6 +55,7 @@ def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, grou
         xs, ks = jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1)
         y = jnp.concatenate([conv(xi, ki) for xi, ki in zip(xs, ks)], axis=-1)
         return y if bias is None else y + _bcast(bias.astype(x.dtype), y.ndim)
+    pads = [(k // 2, k // 2) for k in kernel.shape[:ndim]]
     y = jax.lax.conv_general_dilated(
         x, kernel.astype(x.dtype), window_strides=(1,) * ndim, padding=pads,
         dimension_numbers=_dimension_numbers(ndim), feature_group_count=groups)

@@ -270,7 +270,9 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
                     if improved:
                         meta = meta | {"best_score": score, "best_step": done, "best_epoch": epoch, "best_val": val}
                     # The reference's Kvasir script also scores its test set every epoch; the loop only logs it.
+                    t0 = time.perf_counter()
                     mon = run.monitor(state)
+                    t_test = time.perf_counter() - t0
                     if mon and mon[task.select_metric] > meta.get("best_test_score", checkpoint.NOT_BEST):
                         meta = meta | {"best_test_score": mon[task.select_metric], "best_test_epoch": epoch}
                     if is_main:
@@ -288,7 +290,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
                         save(done, score if improved else checkpoint.NOT_BEST)
                     if is_main:  # what an epoch boundary costs besides the steps (BENCHMARKS.md, Kvasir epoch)
                         jsonl.write(done, {f"val/{k}": v for k, v in val.items()} | {
-                            f"test/{k}": v for k, v in mon.items()} | {
+                            f"test/{k}": v for k, v in mon.items()} | ({"time/test_s": t_test} if mon else {}) | {
                             "epoch": epoch, "time/validate_s": t_val, "time/checkpoint_s": time.perf_counter() - t0})
                     t_last = time.perf_counter()  # the next step's rate excludes the boundary
                     continue
