@@ -8,7 +8,8 @@ best-on-validation checkpoint, evaluated at the end of training) and its config.
 (stopped early, still training) is listed as partial with its best validation epoch so far from metrics.jsonl.
 It is left out of the mean unless --include_partial is given. Runs are grouped by dataset. Each group gets the mean
 and the sample std (ddof = 1) over its runs. The table also names each run's compute dtype, because mixing dtypes
-changes what a mean means.
+changes what a mean means. When every run of a dataset was trained with `config.monitor_test` (Kvasir), a line
+under the table gives their best-over-epochs test score: test-selected, so optimistic, never part of the table.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import pathlib
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from lgmsnet_jax import curves
 from lgmsnet_jax.ablation import report
@@ -48,7 +51,7 @@ def read_run(workdir: str | pathlib.Path, select: str = "iou") -> dict[str, Any]
     if (wd / SUMMARY_FILE).is_file():
         summary = json.loads((wd / SUMMARY_FILE).read_text())
         return run | {"epochs_done": summary.get("epochs"), "partial": False, "selected": summary["checkpoint"],
-                      "metrics": summary["metrics"]}
+                      "metrics": summary["metrics"], "test_monitor": summary.get("test_monitor")}
     if not (wd / METRICS_FILE).is_file():
         raise ValueError(f"{wd}: neither {SUMMARY_FILE} nor {METRICS_FILE}; the run has not started")
     records = curves.load_run(wd / METRICS_FILE)
@@ -103,7 +106,25 @@ def table(runs: Sequence[dict[str, Any]], *, metrics: Sequence[str] = ("iou", "f
         note += " Note: " + "; ".join(mixed) + "."
     if not rows:
         return "\n".join(lines) + "\n\nNo finished run to average (--include_partial counts partial ones).\n"
-    return "\n".join(lines) + "\n\n" + report.to_markdown(rows, metrics, note=note)
+    return "\n".join(lines) + "\n\n" + report.to_markdown(rows, metrics, note=note) + _monitor_note(counted)
+
+
+def _monitor_note(runs: Sequence[dict[str, Any]]) -> str:
+    """Per dataset whose runs all have it (config.monitor_test): the best-over-epochs test score, a test-selected,
+    optimistic figure (what the reference's best-on-test checkpoint reports), shown apart from the table."""
+    out = []
+    for name in dict.fromkeys(str(r["dataset"]) for r in runs):
+        group = [r for r in runs if str(r["dataset"]) == name]
+        mons = [r.get("test_monitor") or {} for r in group]
+        key = next((k for k in mons[0] if k.startswith("best_")), None)
+        if key is None or any(key not in m for m in mons):
+            continue
+        vals = np.array([100 * m[key] for m in mons])
+        std = f" ± {vals.std(ddof=1):.2f}" if len(vals) > 1 else ""
+        each = ", ".join(f"{r['run']} {v:.2f} (epoch {m['epoch']})" for r, v, m in zip(group, vals, mons))
+        out.append(f"{name}, monitoring only (test-selected, not the protocol above): best test "
+                   f"{key.removeprefix('best_')} over epochs {vals.mean():.2f}{std} ({each}).")
+    return "".join(f"\n{line}\n" for line in out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

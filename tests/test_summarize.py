@@ -9,7 +9,7 @@ from lgmsnet_jax.training import loop
 
 
 def _workdir(root, name, *, dataset="busi", fold=None, seed=41, dtype="float32", val=None, test=None, epochs=500,
-             partial=None):
+             partial=None, test_monitor=None):
     """A workdir as train.py leaves it: config.json, plus summary.json (finished) or metrics.jsonl (partial)."""
     wd = root / name
     wd.mkdir()
@@ -23,7 +23,8 @@ def _workdir(root, name, *, dataset="busi", fold=None, seed=41, dtype="float32",
     metrics = {"val": val} | ({"test": test} if test else {})
     (wd / "summary.json").write_text(json.dumps({"checkpoint": "best validation iou (epoch 300, step 8700)",
                                                  "protocol": "p", "steps": 14500, "epochs": epochs,
-                                                 "dataset": dataset, "metrics": metrics}))
+                                                 "dataset": dataset, "metrics": metrics}
+                                                | ({"test_monitor": test_monitor} if test_monitor else {})))
     return wd
 
 
@@ -78,3 +79,19 @@ def test_cli_prints_the_table_and_names_a_folder_that_is_not_a_workdir(tmp_path,
     (started / "metrics.jsonl").write_text(json.dumps({"step": 10, "epoch": 1, "train/loss": 1.0}) + "\n")
     assert summarize.main([str(started)]) == 2
     assert "started: no validation in metrics.jsonl yet" in capsys.readouterr().err
+
+
+def test_best_over_epochs_test_score_is_a_separate_line_only_when_every_run_of_the_dataset_has_it(tmp_path):
+    kv = dict(dataset="kvasir", epochs=300)
+    a = _workdir(tmp_path, "kv41", val={"iou": 0.85, "f1": 0.9}, test={"iou": 0.82, "f1": 0.88},
+                 test_monitor={"best_iou": 0.86, "epoch": 250, "note": "n"}, **kv)
+    b = _workdir(tmp_path, "kv1", seed=1, val={"iou": 0.84, "f1": 0.9}, test={"iou": 0.80, "f1": 0.87},
+                 test_monitor={"best_iou": 0.84, "epoch": 199, "note": "n"}, **kv)
+    c = _workdir(tmp_path, "busi_1", fold=1, val={"iou": 0.7, "f1": 0.8}, test={"iou": 0.7, "f1": 0.8})
+    md = summarize.table([summarize.read_run(d) for d in (a, b, c)])
+    assert ("kvasir, monitoring only (test-selected, not the protocol above): best test iou over epochs 85.00 ± 1.41 "
+            "(kv41 86.00 (epoch 250), kv1 84.00 (epoch 199)).") in md
+    assert "| 81.00 ± 1.41 |" in md  # the table itself keeps the validation-selected test scores
+    assert "busi, monitoring only" not in md
+    d = _workdir(tmp_path, "kv123", seed=123, val={"iou": 0.8, "f1": 0.9}, test={"iou": 0.8, "f1": 0.9}, **kv)
+    assert "monitoring only" not in summarize.table([summarize.read_run(x) for x in (a, b, d)])
