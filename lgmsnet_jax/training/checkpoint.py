@@ -1,7 +1,7 @@
 """Workdir guards (lock, config check) and Orbax checkpoints: latest + best, with data-iterator state and config.
 
-Layout: <workdir>/config.json (resolved config), <workdir>/.lock (pid + host while a run is active),
-<workdir>/checkpoints/<step>/{state, data_iter, config, meta, metrics}.
+Layout: <workdir>/config.json (resolved config), <workdir>/.lock (pid + host while a run is active, touched every
+minute), <workdir>/checkpoints/<step>/{state, data_iter, config, meta, metrics}.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import socket
+import threading
 import time
 from typing import Any
 
@@ -50,15 +51,32 @@ def _pid_alive(pid: int) -> bool:
 
 
 class WorkdirLock:
-    """Exclusive lock file `<workdir>/.lock` holding {"pid", "host", "since"}.
+    """Exclusive lock file `<workdir>/.lock` holding {"pid", "host", "since"}, kept fresh by a heartbeat.
 
-    A lock from a dead process on this host is taken over with a warning; a live one (or one from another host,
-    whose pid cannot be checked) raises WorkdirError naming it.
+    While held, a daemon thread touches the file every `heartbeat_s` seconds. A lock from a dead process on this
+    host is taken over with a warning. One from another host, whose pid cannot be checked, is taken over only when
+    its heartbeat is older than `stale_after_s` (its run was killed, e.g. a preempted job requeued on another node
+    of a cluster with a shared filesystem); a live one raises WorkdirError naming it.
     """
 
-    def __init__(self, workdir: str | os.PathLike):
+    def __init__(self, workdir: str | os.PathLike, *, heartbeat_s: float = 60.0, stale_after_s: float = 600.0):
         self.path = pathlib.Path(workdir) / LOCK_FILE
         self.held = False
+        self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
+        self._stop: threading.Event | None = None
+
+    def _stale(self, other: dict, me: dict) -> str | None:
+        """Why the existing lock may be taken over, or None."""
+        pid, host = int(other.get("pid", -1)), other.get("host")
+        if host == me["host"]:
+            return f"of dead process {pid}" if pid > 0 and not _pid_alive(pid) else None
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return "that disappeared"
+        if age > self.stale_after_s:
+            return f"of pid {pid} on host {host}, whose heartbeat stopped {age:.0f} s ago"
+        return None
 
     def acquire(self) -> "WorkdirLock":
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -70,24 +88,35 @@ class WorkdirLock:
                     other = json.loads(self.path.read_text() or "{}")
                 except (OSError, json.JSONDecodeError):
                     other = {}
-                pid, host = int(other.get("pid", -1)), other.get("host")
-                if host == me["host"] and pid > 0 and not _pid_alive(pid):
-                    logging.warning("Taking over stale lock %s of dead process %d (since %s)", self.path, pid,
-                                    other.get("since"))
+                why = self._stale(other, me)
+                if why is not None:
+                    logging.warning("Taking over stale lock %s %s (since %s)", self.path, why, other.get("since"))
                     self.path.unlink(missing_ok=True)
                     continue
                 raise WorkdirError(
-                    f"{self.path.parent} is in use by another run (pid {pid} on host {host}, since "
-                    f"{other.get('since')}). Wait for it to finish or use another --workdir; if that process is "
-                    f"gone (e.g. on another host), delete {self.path}.")
+                    f"{self.path.parent} is in use by another run (pid {other.get('pid', -1)} on host "
+                    f"{other.get('host')}, since {other.get('since')}). Wait for it to finish or use another "
+                    f"--workdir; a lock from another host is taken over once its heartbeat is "
+                    f"{self.stale_after_s:.0f} s old (or delete {self.path} if that run is gone).")
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.held = True
+            self._stop = threading.Event()
+            threading.Thread(target=self._beat, args=(self._stop,), name="workdir-lock-heartbeat",
+                             daemon=True).start()
             return self
         raise WorkdirError(f"could not acquire {self.path}")
 
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_s):
+            try:
+                os.utime(self.path)
+            except OSError:  # the workdir went away or is unreachable for a moment; the next beat retries
+                pass
+
     def release(self) -> None:
         if self.held:
+            self._stop.set()
             self.path.unlink(missing_ok=True)
             self.held = False
 

@@ -1,5 +1,8 @@
 """Workdir guards and Orbax round trip of a TrainState (every leaf, restored into a template from another seed)."""
 import json
+import os
+import socket
+import time
 
 import jax
 import numpy as np
@@ -105,3 +108,40 @@ def test_resume_of_saved_iterator_states_needs_the_same_process_count(tmp_path):
     restored, meta, _ = loop._resume(mngr, 5, state, None, run, "restart", 1)
     assert run.calls == [(5, 0)] and meta["process_count"] == 2
     np.testing.assert_array_equal(restored["w"], [0.0, 1.0, 2.0])
+
+
+def _foreign_lock(path, age_s):
+    lock = path / checkpoint.LOCK_FILE
+    lock.write_text(json.dumps({"pid": 12345, "host": "another-node", "since": "2026-11-30 01:00:00"}))
+    t = time.time() - age_s
+    os.utime(lock, (t, t))
+    return lock
+
+
+def test_lock_from_another_host_is_refused_while_its_heartbeat_is_fresh_and_taken_over_after(tmp_path):
+    _foreign_lock(tmp_path, age_s=5)
+    with pytest.raises(checkpoint.WorkdirError, match=r"pid 12345 on host another-node.*heartbeat is 600 s old"):
+        checkpoint.WorkdirLock(tmp_path).acquire()
+    _foreign_lock(tmp_path, age_s=601)  # killed on its node (preempted job requeued elsewhere)
+    with checkpoint.WorkdirLock(tmp_path) as lock:
+        assert lock.held
+        assert json.loads((tmp_path / checkpoint.LOCK_FILE).read_text())["host"] == socket.gethostname()
+    assert not (tmp_path / checkpoint.LOCK_FILE).exists()
+
+
+def test_held_lock_keeps_its_heartbeat_and_stops_on_release(tmp_path, monkeypatch):
+    lock = checkpoint.WorkdirLock(tmp_path, heartbeat_s=0.02).acquire()
+    path = tmp_path / checkpoint.LOCK_FILE
+    os.utime(path, (1.0, 1.0))
+    deadline = time.time() + 10
+    while path.stat().st_mtime < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    assert path.stat().st_mtime > time.time() - 60  # refreshed by the heartbeat thread
+    # So a run on another host sees a live lock, however long this one has held it.
+    with monkeypatch.context() as m:
+        m.setattr(socket, "gethostname", lambda: "another-node")
+        with pytest.raises(checkpoint.WorkdirError, match="in use"):
+            checkpoint.WorkdirLock(tmp_path, stale_after_s=30).acquire()
+    stop = lock._stop
+    lock.release()
+    assert stop.is_set() and not path.exists()
