@@ -54,9 +54,10 @@ class WorkdirLock:
     """Exclusive lock file `<workdir>/.lock` holding {"pid", "host", "since"}, kept fresh by a heartbeat.
 
     While held, a daemon thread touches the file every `heartbeat_s` seconds. A lock from a dead process on this
-    host is taken over with a warning. One from another host, whose pid cannot be checked, is taken over only when
-    its heartbeat is older than `stale_after_s` (its run was killed, e.g. a preempted job requeued on another node
-    of a cluster with a shared filesystem); a live one raises WorkdirError naming it.
+    host is taken over with a warning. Any other lock (from another host, whose pid cannot be checked, or with a
+    live pid here that may have been reused) is taken over only when its heartbeat is older than `stale_after_s`:
+    its run was killed, e.g. a preempted job requeued on another node of a cluster with a shared filesystem. A
+    live one raises WorkdirError naming it.
     """
 
     def __init__(self, workdir: str | os.PathLike, *, heartbeat_s: float = 60.0, stale_after_s: float = 600.0):
@@ -68,9 +69,9 @@ class WorkdirLock:
     def _stale(self, other: dict, me: dict) -> str | None:
         """Why the existing lock may be taken over, or None."""
         pid, host = int(other.get("pid", -1)), other.get("host")
-        if host == me["host"]:
-            return f"of dead process {pid}" if pid > 0 and not _pid_alive(pid) else None
-        try:
+        if host == me["host"] and pid > 0 and not _pid_alive(pid):
+            return f"of dead process {pid}"
+        try:  # another host, or a live pid here that may be a reused one (a restarted container)
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
             return "that disappeared"
@@ -96,8 +97,8 @@ class WorkdirLock:
                 raise WorkdirError(
                     f"{self.path.parent} is in use by another run (pid {other.get('pid', -1)} on host "
                     f"{other.get('host')}, since {other.get('since')}). Wait for it to finish or use another "
-                    f"--workdir; a lock from another host is taken over once its heartbeat is "
-                    f"{self.stale_after_s:.0f} s old (or delete {self.path} if that run is gone).")
+                    f"--workdir; a lock is taken over once its heartbeat is {self.stale_after_s:.0f} s old (or "
+                    f"delete {self.path} if that run is gone).")
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.held = True

@@ -145,3 +145,14 @@ def test_held_lock_keeps_its_heartbeat_and_stops_on_release(tmp_path, monkeypatc
     stop = lock._stop
     lock.release()
     assert stop.is_set() and not path.exists()
+
+
+def test_lock_of_a_live_pid_here_with_a_dead_heartbeat_is_taken_over(tmp_path):
+    # e.g. a restarted container: same hostname, and the old run's pid now belongs to another live process
+    lock = tmp_path / checkpoint.LOCK_FILE
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "2026-11-30 01:00:00"}))
+    with pytest.raises(checkpoint.WorkdirError, match="in use"):
+        checkpoint.WorkdirLock(tmp_path).acquire()  # a fresh heartbeat: a live holder
+    os.utime(lock, (time.time() - 601,) * 2)
+    with checkpoint.WorkdirLock(tmp_path) as held:
+        assert held.held
