@@ -79,13 +79,14 @@ def summarize(events: list[dict], top: int = 15) -> dict:
         raise TraceError("no StepTraceAnnotation windows on the host (profile with `benchmark --profile`)")
     lines = kernel_lines(events)
     if not lines:
+        _, threads = _names(events)
+        device_threads = sorted({t for (pid, _), t in threads.items() if procs.get(pid, "").startswith("/device:")})
         raise TraceError("no device kernel lines (no '/device:...' process with 'Stream' or 'XLA Ops' threads); "
-                         f"processes in the trace: {sorted(set(procs.values()))}")
+                         f"processes in the trace: {sorted(set(procs.values()))}; device threads: {device_threads}")
     devices = {}
     for pname, keys in lines.items():
         keys = set(keys)
         per_step = [[] for _ in steps]
-        starts = [a for a, _ in steps]
         for e in events:
             if e.get("ph") != "X" or (e.get("pid"), e.get("tid")) not in keys:
                 continue
@@ -95,7 +96,7 @@ def summarize(events: list[dict], top: int = 15) -> dict:
                     break
         used = [(s, k) for s, k in zip(steps, per_step) if k]
         if not used:
-            raise TraceError(f"{pname}: no kernel starts inside a step window ({len(starts)} steps)")
+            raise TraceError(f"{pname}: no kernel starts inside a step window ({len(steps)} steps)")
         walls = [(b - a) for (a, b), _ in used]
         busy = [_union_us([(e["ts"], e["ts"] + e["dur"]) for e in k]) for _, k in used]
         ktime = [sum(e["dur"] for e in k) for _, k in used]
