@@ -45,9 +45,8 @@ def _names(events: list[dict]) -> tuple[dict, dict]:
     return procs, threads
 
 
-def kernel_lines(events: list[dict]) -> dict[str, list[tuple[int, int]]]:
-    """{device process name: [(pid, tid), ...]} of the lines that hold its kernels."""
-    procs, threads = _names(events)
+def kernel_lines(procs: dict, threads: dict) -> dict[str, list[tuple[int, int]]]:
+    """{device process name: [(pid, tid), ...]} of the lines that hold its kernels (names from `_names`)."""
     out = {}
     for pid, pname in sorted(procs.items(), key=lambda kv: kv[1]):
         if not pname.startswith("/device:"):
@@ -71,15 +70,14 @@ def _union_us(intervals: list[tuple[float, float]]) -> float:
 
 def summarize(events: list[dict], top: int = 15) -> dict:
     """Per-step medians of wall, kernel count, kernel time and busy time, and the top kernels, for each device."""
-    procs, _ = _names(events)
+    procs, threads = _names(events)
     steps = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                    if e.get("ph") == "X" and "step_num" in e.get("args", {})
                    and not procs.get(e.get("pid"), "").startswith("/device:"))
     if not steps:
         raise TraceError("no StepTraceAnnotation windows on the host (profile with `benchmark --profile`)")
-    lines = kernel_lines(events)
+    lines = kernel_lines(procs, threads)
     if not lines:
-        _, threads = _names(events)
         device_threads = sorted({t for (pid, _), t in threads.items() if procs.get(pid, "").startswith("/device:")})
         raise TraceError("no device kernel lines (no '/device:...' process with 'Stream' or 'XLA Ops' threads); "
                          f"processes in the trace: {sorted(set(procs.values()))}; device threads: {device_threads}")
@@ -138,8 +136,9 @@ def format_table(label: str, devices: dict) -> str:
     out = []
     for pname, d in devices.items():
         out.append(f"{label} on {pname}: {d['steps']} steps; per step (median): wall {d['wall_ms']:.3f} ms, "
-                   f"{d['kernels_per_step']:.0f} kernels, kernel time {d['kernel_ms']:.3f} ms, busy {d['busy_ms']:.3f} ms "
-                   f"({100 * d['busy_share']:.0f}% of wall), median kernel {d['kernel_us_median']:.1f} us")
+                   f"{d['kernels_per_step']:.0f} kernels, kernel time {d['kernel_ms']:.3f} ms, "
+                   f"busy {d['busy_ms']:.3f} ms ({100 * d['busy_share']:.0f}% of wall), "
+                   f"median kernel {d['kernel_us_median']:.1f} us")
         out.append(f"  {'ms/step':>8} {'share':>6} {'n/step':>7}  kernel")
         for t in d["top"]:
             out.append(f"  {t['ms_per_step']:>8.3f} {100 * t['share']:>5.1f}% {t['per_step']:>7.1f}  {t['name'][:110]}")
