@@ -3,10 +3,12 @@ training-step throughput (1 device and data-parallel over N), compiled and peak 
 
     python -m lgmsnet_jax.benchmark [--ndim 2|3|2,3] [--dtype fp32|bf16|both] [--depthwise_impl xla|...|all]
         [--devices N [--batchnorm per_device]] [--steps 100 --warmup 10] [--json] [--output FILE]
-        [--profile DIR] [--set KEY=JSON ...]
+        [--profile DIR] [--no-pack_params] [--no-cuda_graphs] [--set KEY=JSON ...]
 
 Protocol: fixed random inputs already on the device, one jitted function per measurement (compiled before
-timing, compile time reported), `--warmup` untimed calls, then `--steps` calls each timed to
+timing, compile time reported); inference is compiled as `predict` compiles it: the model state packed into one
+buffer per dtype and the convolutions in CUDA graphs (inference/packing.py; the state tree's ~330 call arguments and
+~285 separate kernel launches cost ~2 ms per batch-1 call, BENCHMARKS.md); `--warmup` untimed calls, then `--steps` calls each timed to
 `jax.block_until_ready`; medians with p10/p90. The training step is the project's own (`training.step.jit_steps`:
 the task's loss, the recipe's optimizer, donated state): 2D BCE+Dice with SGD+poly, 3D DiceCE with AdamW.
 """
@@ -229,7 +231,8 @@ def _inference(graphdef: nnx.GraphDef, state: nnx.State, s: Setting, batch: int,
         return nnx.merge(graphdef, unpack(st))(x, train=False)
 
     x = _random_batch(s, batch, key)["image"]
-    compiled, compile_s, lowered = _compile(jax.jit(forward), state, x)
+    options = packing.COMPILER_OPTIONS if args.cuda_graphs else None  # as `predict` compiles it
+    compiled, compile_s, lowered = _compile(jax.jit(forward, compiler_options=options), state, x)
     stats = _measure(label, lambda: compiled(state, x), args)
     return {"batch": batch, "compile_s": compile_s, **stats}, lowered
 
@@ -301,7 +304,7 @@ def benchmark_row(ndim: int, dtype: str, depthwise_impl: str, args: argparse.Nam
                            "attention_impl": attention_impl, "size": s.size, "unit": s.unit,
                            "in_channels": s.in_channels, "num_classes": s.num_classes,
                            "params": count_params(model), "state_arrays": len(jax.tree.leaves(nnx.state(model))),
-                           "inference_args": "packed" if args.pack_params else "tree"}
+                           "inference_args": ("packed" if args.pack_params else "tree") + ("+graphs" if args.cuda_graphs else "")}
     key = jax.random.key(0)
     want = set(args.measure)
     # Inference runs on a copy: the training state below is donated, which deletes its buffers.
@@ -425,8 +428,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batchnorm", default="global", choices=layers.BATCHNORM_MODES,
                    help="data-parallel BatchNorm statistics: over the global batch, or per device (train.py's "
                         "config.batchnorm)")
-    p.add_argument("--pack_params", action="store_true",
-                   help="inference: pass the model state as one buffer per dtype (fewer call arguments)")
+    p.add_argument("--pack_params", action=argparse.BooleanOptionalAction, default=True,
+                   help="inference: pass the model state as one buffer per dtype, as `predict` does (default); "
+                        "--no-pack_params passes the state tree (one argument per array, ~1 ms more host time)")
+    p.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="inference: record convolutions into CUDA graphs too, as `predict` does (default; "
+                        "inference/packing.py COMPILER_OPTIONS); --no-cuda_graphs keeps XLA's default graphs")
     p.add_argument("--measure", default="latency,infer,train", help="subset of latency,infer,train")
     p.add_argument("--model", default="lgmsnet", help="registered model name")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
@@ -471,7 +478,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--devices {args.devices}: only {len(jax.local_devices())} local device(s) "
                          f"({jax.local_devices()[0].device_kind})")
     settings = {k: getattr(args, k) for k in ("steps", "warmup", "devices", "measure", "attention_impl", "model",
-                                              "pack_params", "batchnorm",
+                                              "pack_params", "cuda_graphs", "batchnorm",
                                               "size", "latency_batch", "infer_batch", "train_batch")}
     settings["model_kwargs"] = args.model_kwargs
     results = []

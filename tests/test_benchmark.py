@@ -71,7 +71,7 @@ def test_benchmark_json_has_every_field_for_both_dtypes_and_data_parallel(capsys
         conv_flops = 2 * ((3 * 16 - 2) ** 2 * 3 * WIDTH + 16 * 16 * WIDTH)
         assert conv_flops <= r["gflops_per_example"] * 1e9 <= 2 * conv_flops
         assert (r["latency_batch"], r["infer_batch"], r["train_batch"]) == (1, 4, 2)
-        assert r["state_arrays"] == 8 and r["inference_args"] == "tree"  # 2 convs x (kernel, bias) + 4 BN arrays
+        assert r["state_arrays"] == 8 and r["inference_args"] == "packed+graphs"  # 2 convs x (kernel, bias) + 4 BN arrays
         assert r["dp_devices"] == 2 and r["dp_batch_per_device"] == 2
         assert r["latency_ms_p10"] <= r["latency_ms"] <= r["latency_ms_p90"]
         assert r["infer_per_s_p10"] <= r["infer_per_s"] <= r["infer_per_s_p90"]
@@ -102,9 +102,9 @@ def test_benchmark_3d_trains_the_multiclass_task(capsys):
     # setting) rejects; the benchmark runs under JAX's default promotion.
     with jax.numpy_dtype_promotion("standard"):
         report, _ = _run(capsys, "--ndim", "3", "--dtype", "fp32", "--size", "8", "--measure", "train,infer",
-                         "--pack_params")
+                         "--no-pack_params", "--no-cuda_graphs")
     (r,) = report["results"]
-    assert r["inference_args"] == "packed"
+    assert r["inference_args"] == "tree"
     assert (r["ndim"], r["unit"], r["in_channels"], r["num_classes"]) == (3, "patches/s", 1, 14)
     assert (r["infer_batch"], r["train_batch"]) == (4, 1)
     assert "latency_ms" not in r and r["dp_per_s"] is None and r["train_per_s"] > 0

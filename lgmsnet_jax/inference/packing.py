@@ -1,8 +1,13 @@
-"""Pack a pytree of arrays into one flat buffer per dtype, so a jitted call takes a handful of arguments.
+"""Cheap inference calls: the model state packed into one flat buffer per dtype, and CUDA graphs over the convs.
 
 Each argument of a jitted call costs host time at dispatch (about 1-2 us per array, measured on CPU); LGMSNet's eval
 state has 325 arrays (2D), i.e. a noticeable share of a ~1 ms batch-1 forward. Inside the jitted function the
 buffers are sliced back into the original arrays (static slices, fused by XLA).
+
+A batch-1 forward is also ~285 GPU kernels of ~2 us each (0.8 ms of kernel time, BENCHMARKS.md): launching them
+one by one costs more than running them. XLA records fusions and library calls into CUDA graphs by default, but not
+convolutions, and LGMSNet is mostly convolutions; `COMPILER_OPTIONS` adds them. On an H200 the two together took
+the bf16 batch-1 latency from 3.5 ms (state tree, default graphs) to 1.1 ms.
 """
 
 from __future__ import annotations
@@ -14,6 +19,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+# XLA's default command-buffer kinds (xla/debug_options_flags.cc, jaxlib 0.11) plus CONVOLUTION, and graphs of any
+# size (the default minimum is 5 commands). A compile option, not XLA_FLAGS, so it applies to this function only.
+# Ignored by the CPU backend.
+COMPILER_OPTIONS = {
+    "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONVOLUTION",
+    "xla_gpu_graph_min_graph_size": 1,
+}
 
 
 @dataclasses.dataclass(frozen=True)

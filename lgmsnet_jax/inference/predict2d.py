@@ -7,6 +7,7 @@ numpy + PIL on the host; one jitted forward per grid shape on the device.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,7 +81,7 @@ def make_predictor(model: nnx.Module):
     graphdef, state = nnx.split(model)
     packed, spec = packing.pack(state)  # a few call arguments instead of hundreds
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=packing.COMPILER_OPTIONS)  # convs in CUDA graphs too
     def forward(packed, x):
         logits = nnx.merge(graphdef, spec.unpack(packed))(x, train=False).astype(jnp.float32)
         return jax.nn.sigmoid(logits) if logits.shape[-1] == 1 else jax.nn.softmax(logits, axis=-1)

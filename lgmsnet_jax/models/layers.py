@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 EPS = 1e-5  # every norm of the reference (BN, GN, IN, LN) uses eps 1e-5 (spec §4.2, §4.3)
-DEPTHWISE_IMPLS = ("xla", "shift_add", "tiled3", "tiled4", "tiled5")
+DEPTHWISE_IMPLS = ("xla", "shift_add", "tiled3", "tiled4", "tiled5", "dense")
 
 
 def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
@@ -115,6 +115,10 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = Non
     - "tiled3" / "tiled4" / "tiled5": the kernel cut into sub-kernels of at most 3/4/5 taps per axis (9 -> 5 + 4),
       each a VALID XLA depthwise conv on the matching window of the padded input, summed. Keeps every conv in the
       kernel sizes where XLA's GPU depthwise conv is fast; a kernel no larger than the tile is one plain conv.
+    - "dense": one ungrouped conv whose (*k, C, C) kernel is diagonal in the channels. C times the arithmetic, but
+      it runs on the implicit-GEMM (tensor core) convolutions instead of cuDNN's grouped direct kernels, which
+      dominate the 3D profile (BENCHMARKS.md); the zero products add exactly nothing. Meant for the LMS block's
+      4-channel chunks, not for wide depthwise convs.
     A 1x..x1 kernel is a per-channel scale and skips the conv whatever `impl` says.
 
     Args:
@@ -138,6 +142,9 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = Non
         y = conv(x, kernel, groups=c)
     elif impl == "shift_add":
         y = _depthwise_shift_add(x, kernel)
+    elif impl == "dense":
+        eye = jnp.eye(c, dtype=kernel.dtype).reshape((1,) * ndim + (c, c))
+        y = conv(x, kernel * eye)  # (*k, 1, C) * (C, C): the diagonal (*k, C, C) kernel
     elif impl.startswith("tiled") and impl in DEPTHWISE_IMPLS:
         tile = int(impl.removeprefix("tiled"))
         y = conv(x, kernel, groups=c) if max(kernel.shape[:ndim]) <= tile else _depthwise_tiled(x, kernel, tile)

@@ -66,20 +66,20 @@ def test_lms_block_impls_agree(ndim, channels, kernels):
     x = jnp.asarray(rng.standard_normal((2,) + ((16, 12) if ndim == 2 else (10, 8, 6)) + (channels,)),
                     jnp.float32)
     outs = {}
-    for impl in ("xla", "shift_add", "tiled3", "tiled5", "grouped_padded"):
+    for impl in ("xla", "shift_add", "tiled3", "tiled5", "grouped_padded", "dense"):
         block = _block(ndim, impl, channels, kernels)
         block.eval()
         graphdef, state = nnx.split(block)
         with jax.default_matmul_precision("highest"):
             outs[impl] = np.asarray(jax.jit(lambda s, a: nnx.merge(graphdef, s)(a))(state, x))
     assert np.abs(outs["xla"]).max() > 0.1
-    for impl in ("shift_add", "tiled3", "tiled5", "grouped_padded"):
+    for impl in ("shift_add", "tiled3", "tiled5", "grouped_padded", "dense"):
         np.testing.assert_allclose(outs[impl], outs["xla"], atol=2e-5, rtol=0, err_msg=impl)
 
 
-@pytest.mark.parametrize("impl", ["tiled3", "tiled4", "tiled5"])
-def test_tiled_depthwise_gradients_match_xla(impl):
-    """The tiled convs are used in training: their input and kernel gradients equal the plain conv's (k = 7, 9)."""
+@pytest.mark.parametrize("impl", ["tiled3", "tiled4", "tiled5", "dense"])
+def test_depthwise_impl_gradients_match_xla(impl):
+    """The tiled and dense convs are used in training: input and kernel gradients equal the plain conv's (k = 7, 9)."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((2, 13, 11, 4)), jnp.float32)
     for k in (7, 9):
