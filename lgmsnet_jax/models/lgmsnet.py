@@ -72,7 +72,8 @@ class LGMSNet(nnx.Module):
           num_heads, head_dim, patch_size: attention heads/width and the sparse-token sub-lattice stride.
           dtype: compute dtype (params stay float32; norm statistics and the stem in float32, see __call__).
           remat: rematerialise each stage in the backward pass (jax.checkpoint) to save activation memory.
-          depthwise_impl: 'xla' | 'shift_add' | 'grouped_padded' (LMS), see layers.depthwise_conv.
+          depthwise_impl: one of lms.LMS_DEPTHWISE_IMPLS ('xla', 'shift_add', 'tiled3/4/5', 'dense',
+            'grouped_padded'), see layers.depthwise_conv.
           attention_impl: 'xla' | 'dot_product' | 'cudnn', see gms.TransformerLayer.
           rngs: parameter init keys (build_model skips this init and fills on the host).
         """
