@@ -1,7 +1,7 @@
 """Where a profiled step's device time goes: kernels per step, device busy vs idle, the costliest kernels.
 
     python -m lgmsnet_jax.benchmark --ndim 2 --dtype bf16 --measure latency --profile prof
-    python -m lgmsnet_jax.trace_summary prof [--top 15] [--json]
+    python -m lgmsnet_jax.trace_summary prof [--top 15] [--by kernel|op|hlo] [--json]
 
 Reads every `*.trace.json.gz` that `jax.profiler.trace` wrote under the folder (one per measurement of
 `benchmark --profile`, named by its label). A step is one `StepTraceAnnotation` window on the host; the benchmark
@@ -11,6 +11,11 @@ no streams (TPU). "busy" is the union of kernel intervals, so overlapping stream
 the rest of the step's wall time, which is what launch overhead and host work cost. A step whose busy share is
 small while it runs hundreds of microsecond-long kernels is launch-bound; one that is busy throughout is bound by
 its kernels, and the top table says which.
+
+The top table groups by kernel name (default), by JAX operation (`--by op`: the name stack that GPU traces attach to
+each kernel, e.g. `jit(train_step)/transpose(jvp())/conv_general_dilated` for a backward conv) or by HLO instruction
+(`--by hlo`: each convolution or fusion of the compiled program on its own line, with its name stack). Kernels
+without those attributes (TPU, CPU) fall back to their kernel name.
 """
 
 from __future__ import annotations
@@ -68,8 +73,22 @@ def _union_us(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def summarize(events: list[dict], top: int = 15) -> dict:
-    """Per-step medians of wall, kernel count, kernel time and busy time, and the top kernels, for each device."""
+GROUPINGS = ("kernel", "op", "hlo")
+
+
+def _group_key(event: dict, by: str) -> str:
+    args = event.get("args", {})
+    if by == "op" and args.get("name"):
+        return args["name"]
+    if by == "hlo" and args.get("hlo_op"):
+        return f"{args['hlo_op']} ({args['name']})" if args.get("name") else args["hlo_op"]
+    return event["name"]
+
+
+def summarize(events: list[dict], top: int = 15, by: str = "kernel") -> dict:
+    """Per-step medians of wall, kernel count, kernel time and busy time, and the top groups (`by`), per device."""
+    if by not in GROUPINGS:
+        raise ValueError(f"by must be one of {GROUPINGS}, got {by!r}")
     procs, threads = _names(events)
     steps = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                    if e.get("ph") == "X" and "step_num" in e.get("args", {})
@@ -102,8 +121,9 @@ def summarize(events: list[dict], top: int = 15) -> dict:
         by_name = collections.defaultdict(lambda: [0, 0.0])
         for _, k in used:
             for e in k:
-                by_name[e["name"]][0] += 1
-                by_name[e["name"]][1] += e["dur"]
+                key = _group_key(e, by)
+                by_name[key][0] += 1
+                by_name[key][1] += e["dur"]
         n = len(used)
         total_k = sum(ktime)
         tops = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]
@@ -132,14 +152,14 @@ def find_traces(root: pathlib.Path) -> dict[str, pathlib.Path]:
     return found
 
 
-def format_table(label: str, devices: dict) -> str:
+def format_table(label: str, devices: dict, by: str = "kernel") -> str:
     out = []
     for pname, d in devices.items():
         out.append(f"{label} on {pname}: {d['steps']} steps; per step (median): wall {d['wall_ms']:.3f} ms, "
                    f"{d['kernels_per_step']:.0f} kernels, kernel time {d['kernel_ms']:.3f} ms, "
                    f"busy {d['busy_ms']:.3f} ms ({100 * d['busy_share']:.0f}% of wall), "
                    f"median kernel {d['kernel_us_median']:.1f} us")
-        out.append(f"  {'ms/step':>8} {'share':>6} {'n/step':>7}  kernel")
+        out.append(f"  {'ms/step':>8} {'share':>6} {'n/step':>7}  {by}")
         for t in d["top"]:
             out.append(f"  {t['ms_per_step']:>8.3f} {100 * t['share']:>5.1f}% {t['per_step']:>7.1f}  {t['name'][:110]}")
     return "\n".join(out)
@@ -149,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("path", help="a `benchmark --profile` folder, a jax.profiler log folder, or one .trace.json.gz")
     p.add_argument("--top", type=int, default=15, help="kernels listed per device, by total time")
+    p.add_argument("--by", default="kernel", choices=GROUPINGS,
+                   help="group the top table by kernel name, JAX operation (name stack) or HLO instruction")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = p.parse_args(argv)
     root = pathlib.Path(args.path)
@@ -160,13 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     results, failed = {}, 0
     for label, path in traces.items():
         try:
-            results[label] = summarize(load_events(path), top=args.top)
+            results[label] = summarize(load_events(path), top=args.top, by=args.by)
         except TraceError as err:
             print(f"{label} ({path}): {err}", file=sys.stderr)
             failed += 1
             continue
         if not args.json:
-            print(format_table(label, results[label]))
+            print(format_table(label, results[label], args.by))
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed == len(traces) else 0

@@ -84,3 +84,29 @@ def test_a_trace_without_steps_names_the_fix(tmp_path):
     ev = [e for e in _gpu_trace() if "step_num" not in e.get("args", {})]
     with pytest.raises(trace_summary.TraceError, match="StepTraceAnnotation"):
         trace_summary.summarize(ev)
+
+
+def test_top_table_groups_by_jax_operation_or_hlo_instruction(tmp_path, capsys):
+    """GPU kernels carry their JAX name stack and HLO instruction; --by groups on them (kernel name as fallback)."""
+    ev = _meta(HOST, "/host:CPU", [(10, "python")]) + _meta(GPU, "/device:GPU:0", [(7, "Stream #7(Compute)")])
+    ev.append(_x(HOST, 10, "step", 0, 100, step_num=0))
+    fwd, bwd = "jit(f)/jvp()/conv_general_dilated", "jit(f)/transpose(jvp())/conv_general_dilated"
+    ev += [_x(GPU, 7, "implicit_gemm", 0, 10, hlo_op="cudnn-conv.1"),
+           _x(GPU, 7, "implicit_gemm", 10, 30, hlo_op="cudnn-conv-bw-filter.2"),
+           _x(GPU, 7, "grouped_direct", 40, 25, hlo_op="cudnn-conv-bw-input.3"),
+           _x(GPU, 7, "Memset", 70, 5)]
+    for e, stack in zip(ev[-4:-1], (fwd, bwd, bwd)):
+        e["args"]["name"] = stack  # the kernel event's own "name" arg, as xprof writes it
+    top = lambda by: [(t["name"], t["ms_per_step"] * 1e3) for t in trace_summary.summarize(ev, by=by)  # noqa: E731
+                      ["/device:GPU:0"]["top"]]
+    assert top("kernel") == [("implicit_gemm", pytest.approx(40)), ("grouped_direct", pytest.approx(25)),
+                             ("Memset", pytest.approx(5))]
+    assert top("op") == [(bwd, pytest.approx(55)), (fwd, pytest.approx(10)), ("Memset", pytest.approx(5))]
+    assert [n for n, _ in top("hlo")] == [f"cudnn-conv-bw-filter.2 ({bwd})", f"cudnn-conv-bw-input.3 ({bwd})",
+                                          f"cudnn-conv.1 ({fwd})", "Memset"]
+    with pytest.raises(ValueError, match="by must be one of"):
+        trace_summary.summarize(ev, by="stream")
+    _write(tmp_path / "p" / "lat" / "t.trace.json.gz", ev)
+    assert trace_summary.main([str(tmp_path / "p"), "--by", "op"]) == 0
+    out = capsys.readouterr().out
+    assert "  op" in out and bwd in out
