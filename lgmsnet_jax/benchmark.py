@@ -8,9 +8,10 @@ training-step throughput (1 device and data-parallel over N), compiled and peak 
 Protocol: fixed random inputs already on the device, one jitted function per measurement (compiled before
 timing, compile time reported); inference is compiled as `predict` compiles it: the model state packed into one
 buffer per dtype and the convolutions in CUDA graphs (inference/packing.py; the state tree's ~330 call arguments and
-~285 separate kernel launches cost ~2 ms per batch-1 call, BENCHMARKS.md); `--warmup` untimed calls, then `--steps` calls each timed to
-`jax.block_until_ready`; medians with p10/p90. The training step is the project's own (`training.step.jit_steps`:
-the task's loss, the recipe's optimizer, donated state): 2D BCE+Dice with SGD+poly, 3D DiceCE with AdamW.
+~285 separate kernel launches cost ~2 ms per batch-1 call, BENCHMARKS.md); `--warmup` untimed calls, then
+`--steps` calls each timed to `jax.block_until_ready`; medians with p10/p90. The training step is the project's
+own (`training.step.jit_steps`: the task's loss, the recipe's optimizer, donated state): 2D BCE+Dice with SGD+poly,
+3D DiceCE with AdamW.
 """
 
 from __future__ import annotations
@@ -304,7 +305,8 @@ def benchmark_row(ndim: int, dtype: str, depthwise_impl: str, args: argparse.Nam
                            "attention_impl": attention_impl, "size": s.size, "unit": s.unit,
                            "in_channels": s.in_channels, "num_classes": s.num_classes,
                            "params": count_params(model), "state_arrays": len(jax.tree.leaves(nnx.state(model))),
-                           "inference_args": ("packed" if args.pack_params else "tree") + ("+graphs" if args.cuda_graphs else "")}
+                           "inference_args": ("packed" if args.pack_params else "tree")
+                           + ("+graphs" if args.cuda_graphs else "")}
     key = jax.random.key(0)
     want = set(args.measure)
     # Inference runs on a copy: the training state below is donated, which deletes its buffers.

@@ -7,7 +7,7 @@ buffers are sliced back into the original arrays (static slices, fused by XLA).
 A batch-1 forward is also ~285 GPU kernels of ~2 us each (0.8 ms of kernel time, BENCHMARKS.md): launching them
 one by one costs more than running them. XLA records fusions and library calls into CUDA graphs by default, but not
 convolutions, and LGMSNet is mostly convolutions; `COMPILER_OPTIONS` adds them. On an H200 the two together took
-the bf16 batch-1 latency from 3.5 ms (state tree, default graphs) to 1.1 ms.
+the bf16 batch-1 latency from 3.5 ms (state tree, default graphs) to about 1.0 ms.
 """
 
 from __future__ import annotations
