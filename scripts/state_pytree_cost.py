@@ -1,0 +1,52 @@
+"""Host time per train step spent flattening and rebuilding the TrainState pytree (no device work at all).
+
+    python scripts/state_pytree_cost.py [--ndim 2] [--calls 50]
+
+A jitted train step flattens its state argument and rebuilds the returned state on every call. Our TrainState
+holds `nnx.Variable` containers, whose pytree functions run in Python; the same arrays as plain nested dicts are
+handled in C++. Prints both, per call, in ms (BENCHMARKS.md, "What remains for the 2D train row").
+"""
+import argparse
+import time
+
+import jax
+import optax
+from flax import nnx
+
+from lgmsnet_jax.models import build_model
+from lgmsnet_jax.training import state as state_lib
+
+
+def per_call_ms(fn, calls: int) -> float:
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls * 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ndim", type=int, default=2, choices=(2, 3))
+    p.add_argument("--calls", type=int, default=50)
+    args = p.parse_args()
+    model = build_model("lgmsnet", ndim=args.ndim, in_channels=3 if args.ndim == 2 else 1,
+                        num_classes=1 if args.ndim == 2 else 14, seed=0)
+    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))  # the 2D recipe's optimizer
+    _, state = state_lib.create_train_state(model, tx, seed=0)
+    pure = jax.tree.map(lambda x: x, {"step": state.step, "params": nnx.to_pure_dict(state.params),
+                                      "model_state": nnx.to_pure_dict(state.model_state),
+                                      "opt_state": [nnx.to_pure_dict(s) if isinstance(s, nnx.State) else s
+                                                    for s in jax.tree.leaves(state.opt_state, is_leaf=lambda s:
+                                                                             isinstance(s, nnx.State))],
+                                      "key": state.key})
+    for name, tree in (("TrainState (nnx.Variable leaves)", state), ("the same arrays as plain dicts", pure)):
+        leaves, treedef = jax.tree.flatten(tree)
+        flat = per_call_ms(lambda: jax.tree.flatten(tree), args.calls)  # noqa: B023
+        unflat = per_call_ms(lambda: jax.tree.unflatten(treedef, leaves), args.calls)  # noqa: B023
+        print(f"{name}: {len(leaves)} arrays, flatten {flat:.3f} ms, unflatten {unflat:.3f} ms, "
+              f"sum {flat + unflat:.3f} ms per call")
+
+
+if __name__ == "__main__":
+    main()
