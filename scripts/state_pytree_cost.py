@@ -4,25 +4,22 @@
 
 A jitted train step flattens its state argument and rebuilds the returned state on every call. Our TrainState
 holds `nnx.Variable` containers, whose pytree functions run in Python; the same arrays as plain nested dicts are
-handled in C++. Prints both, per call, in ms (BENCHMARKS.md, "What remains for the 2D train row").
+handled in C++. Prints both, median per call, in ms (BENCHMARKS.md, "What remains for the 2D train row").
 """
 import argparse
-import time
 
 import jax
 import optax
 from flax import nnx
 
+from lgmsnet_jax.benchmark import time_calls, timing_stats
 from lgmsnet_jax.models import build_model
 from lgmsnet_jax.training import state as state_lib
 
 
 def per_call_ms(fn, calls: int) -> float:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - t0) / calls * 1e3
+    """Median ms of `fn`; it returns None so that the timer's block_until_ready adds no tree walk of its own."""
+    return timing_stats(time_calls(lambda: fn() and None, warmup=1, steps=calls))["median_ms"]
 
 
 def main() -> None:
