@@ -9,11 +9,11 @@ handled in C++. Prints both, median per call, in ms (BENCHMARKS.md, "What remain
 import argparse
 
 import jax
-import optax
 from flax import nnx
 
-from lgmsnet_jax.benchmark import time_calls, timing_stats
+from lgmsnet_jax.benchmark import SETTINGS, time_calls, timing_stats
 from lgmsnet_jax.models import build_model
+from lgmsnet_jax.training import optim
 from lgmsnet_jax.training import state as state_lib
 
 
@@ -27,16 +27,17 @@ def main() -> None:
     p.add_argument("--ndim", type=int, default=2, choices=(2, 3))
     p.add_argument("--calls", type=int, default=50)
     args = p.parse_args()
-    model = build_model("lgmsnet", ndim=args.ndim, in_channels=3 if args.ndim == 2 else 1,
-                        num_classes=1 if args.ndim == 2 else 14, seed=0)
-    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9))  # the 2D recipe's optimizer
+    s = SETTINGS[args.ndim]  # the benchmark's recipe: model size, optimizer and its state, as the train step has them
+    model = build_model("lgmsnet", ndim=args.ndim, in_channels=s.in_channels, num_classes=s.num_classes, seed=0)
+    schedule = optim.build_schedule(s.schedule, lr=s.lr, steps_per_epoch=1000, epochs=1000)
+    tx = optim.build_optimizer(s.optimizer, schedule, weight_decay=s.weight_decay)
     _, state = state_lib.create_train_state(model, tx, seed=0)
-    pure = jax.tree.map(lambda x: x, {"step": state.step, "params": nnx.to_pure_dict(state.params),
-                                      "model_state": nnx.to_pure_dict(state.model_state),
-                                      "opt_state": [nnx.to_pure_dict(s) if isinstance(s, nnx.State) else s
-                                                    for s in jax.tree.leaves(state.opt_state, is_leaf=lambda s:
-                                                                             isinstance(s, nnx.State))],
-                                      "key": state.key})
+    is_state = lambda t: isinstance(t, nnx.State)  # noqa: E731
+    pure = {"step": state.step, "params": nnx.to_pure_dict(state.params),
+            "model_state": nnx.to_pure_dict(state.model_state),
+            "opt_state": [nnx.to_pure_dict(t) if is_state(t) else t
+                          for t in jax.tree.leaves(state.opt_state, is_leaf=is_state)],
+            "key": state.key}
     for name, tree in (("TrainState (nnx.Variable leaves)", state), ("the same arrays as plain dicts", pure)):
         leaves, treedef = jax.tree.flatten(tree)
         flat = per_call_ms(lambda: jax.tree.flatten(tree), args.calls)  # noqa: B023
