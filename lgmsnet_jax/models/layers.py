@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 EPS = 1e-5  # every norm of the reference (BN, GN, IN, LN) uses eps 1e-5 (spec §4.2, §4.3)
-DEPTHWISE_IMPLS = ("xla", "shift_add", "tiled3", "tiled4", "tiled5", "dense")
+DEPTHWISE_IMPLS = ("xla", "shift_add", "tiled3", "tiled4", "tiled5", "dense", "fft")
 
 
 def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
@@ -103,6 +103,56 @@ def _depthwise_tiled(x: jax.Array, kernel: jax.Array, tile: int) -> jax.Array:
     return out
 
 
+def fft_size(n: int) -> int:
+    """Smallest m >= n whose prime factors are 2, 3, 5, 7 (sizes cuFFT and ducc transform fastest)."""
+    m = n
+    while True:
+        r = m
+        for p in (2, 3, 5, 7):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
+
+
+def _kernel_spectrum(kernel: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
+    """rfftn of the flipped (*k, 1, C) kernel zero-padded to `sizes`, as (C, *sizes[:-1], sizes[-1]//2+1) complex64.
+
+    Computed as one small DFT matmul per axis, not as an FFT op: the kernel has only k taps per axis, and XLA's CPU
+    runtime can deadlock when two FFT ops run at once (each parks a worker of the intra-op pool it fans out into:
+    PyAutoLabs/PyAutoFit#1530); with this, the forward and backward of one conv are a single chain of FFT ops.
+    """
+    ndim = len(sizes)
+    h = jnp.moveaxis(kernel[..., 0, :].astype(jnp.complex64), -1, 0)  # (C, *k)
+    for axis, (k, m) in enumerate(zip(kernel.shape[:ndim], sizes)):
+        f = np.arange(m // 2 + 1 if axis == ndim - 1 else m)
+        # Tap s of the kernel sits at position k-1-s of the flipped kernel: E[s, f] = exp(-2 pi i f (k-1-s) / m).
+        e = np.exp(-2j * np.pi * np.outer(k - 1 - np.arange(k), f) / m).astype(np.complex64)
+        # Contracts the leading spatial axis and appends its frequencies last: (C, *k) ends as (C, *frequencies).
+        h = jnp.tensordot(h, e, axes=[[1], [0]], precision=jax.lax.Precision.HIGHEST)
+    return h
+
+
+def _depthwise_fft(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    # Convolution theorem: one real FFT of the input per channel, a product with the kernel's spectrum, one
+    # inverse FFT. The cost does not depend on k, so a 9^3 kernel costs what a 3^3 one does. The transform size
+    # m >= n + k//2 per axis keeps the circular wrap-around out of the cropped window: output i reads inputs
+    # i-p..i+p, and an index below 0 wraps to m-p.. >= n, which is zero padding. Computed in float32 (FFTs have
+    # no bf16 form); exact up to float rounding (~1e-6 relative), not bit-equal to a direct conv.
+    ndim = x.ndim - 2
+    ks = kernel.shape[:ndim]
+    spatial = x.shape[1:-1]
+    sizes = tuple(fft_size(n + k // 2) for n, k in zip(spatial, ks))
+    axes = tuple(range(2, 2 + ndim))
+    xt = jnp.moveaxis(x.astype(jnp.float32), -1, 1)  # (N, C, *spatial): XLA transforms the trailing axes
+    # The flipped kernel at 0..k-1 turns the circular convolution into a correlation shifted by p = k//2 per axis.
+    spectrum = jnp.fft.rfftn(xt, s=sizes, axes=axes) * _kernel_spectrum(kernel, sizes)[None]
+    full = jnp.fft.irfftn(spectrum, s=sizes, axes=axes)
+    y = full[(slice(None), slice(None)) + tuple(slice(k // 2, k // 2 + n) for k, n in zip(ks, spatial))]
+    return jnp.moveaxis(y, 1, -1).astype(x.dtype)
+
+
 def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, impl: str = "xla") -> jax.Array:
     """Depthwise (groups = C) stride-1 conv with zero padding k//2, one filter per channel.
 
@@ -119,6 +169,9 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = Non
       it runs on the implicit-GEMM (tensor core) convolutions instead of cuDNN's grouped direct kernels, which
       dominate the 3D profile (BENCHMARKS.md); the zero products add exactly nothing. Meant for the LMS block's
       4-channel chunks, not for wide depthwise convs.
+    - "fft": the convolution theorem (`_depthwise_fft`), in float32 whatever x.dtype: cost independent of k, so
+      it pays off for large kernels on large volumes (the 3D LMS block's 9^3 taps at 96^3), where cuDNN's
+      grouped direct kernels dominate the profile. Equal to the direct conv up to float rounding.
     A 1x..x1 kernel is a per-channel scale and skips the conv whatever `impl` says.
 
     Args:
@@ -145,6 +198,8 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = Non
     elif impl == "dense":
         eye = jnp.eye(c, dtype=kernel.dtype).reshape((1,) * ndim + (c, c))
         y = conv(x, kernel * eye)  # (*k, 1, C) * (C, C): the diagonal (*k, C, C) kernel
+    elif impl == "fft":
+        y = _depthwise_fft(x, kernel)
     elif impl.startswith("tiled") and impl in DEPTHWISE_IMPLS:
         tile = int(impl.removeprefix("tiled"))
         y = conv(x, kernel, groups=c) if max(kernel.shape[:ndim]) <= tile else _depthwise_tiled(x, kernel, tile)

@@ -13,7 +13,7 @@ from flax import nnx
 
 from lgmsnet_jax.models import layers
 from lgmsnet_jax.models.gms import ATTENTION_IMPLS, GMSBlock
-from lgmsnet_jax.models.lms import LMS_DEPTHWISE_IMPLS, EncoderStage
+from lgmsnet_jax.models.lms import LMS_DEPTHWISE_IMPLS, PADDED_IMPLS, EncoderStage
 
 NUM_POOLS = 4  # 5 resolution levels; the topology is fixed, widths are free
 
@@ -73,7 +73,7 @@ class LGMSNet(nnx.Module):
           dtype: compute dtype (params stay float32; norm statistics and the stem in float32, see __call__).
           remat: rematerialise each stage in the backward pass (jax.checkpoint) to save activation memory.
           depthwise_impl: one of lms.LMS_DEPTHWISE_IMPLS ('xla', 'shift_add', 'tiled3/4/5', 'dense',
-            'grouped_padded'), see layers.depthwise_conv.
+            'fft', 'grouped_padded'), see layers.depthwise_conv.
           attention_impl: 'xla' | 'dot_product' | 'cudnn', see gms.TransformerLayer.
           rngs: parameter init keys (build_model skips this init and fills on the host).
         """
@@ -106,7 +106,7 @@ class LGMSNet(nnx.Module):
         # 3D: every BatchNorm becomes affine-free InstanceNorm except the GMS conv branch (spec §3.2).
         norm = "batch" if ndim == 2 else "instance"
         dw = depthwise_impl
-        gms_dw = "xla" if dw == "grouped_padded" else dw
+        gms_dw = "xla" if dw in PADDED_IMPLS else dw  # the GMS block's depthwise convs are small and low-res
         gkw = dict(num_heads=num_heads, head_dim=head_dim, patch_size=patch_size, norm=norm,
                    depthwise_impl=gms_dw, attention_impl=attention_impl, rngs=rngs)
         self.stem = layers.ConvNormAct(ndim, in_channels, dims[0], 3, use_bias=True, norm=norm, act="relu",

@@ -14,6 +14,9 @@ from flax import nnx
 from lgmsnet_jax.models import layers
 
 LMS_DEPTHWISE_IMPLS = layers.DEPTHWISE_IMPLS + ("grouped_padded",)
+# Impls that run the block's chunks as one depthwise conv over kernels zero-padded to the largest size, and which
+# `depthwise_conv` impl that conv uses.
+PADDED_IMPLS = {"grouped_padded": "xla", "fft": "fft"}
 
 
 def _pad_kernel(kernel: jax.Array, size: int) -> jax.Array:
@@ -39,8 +42,9 @@ class LMSBlock(nnx.Module):
           channels: C (kept); must be divisible by 4 and by len(kernels).
           kernels: odd depthwise kernel sizes, one per contiguous channel chunk.
           norm: 'batch' (2D) or 'instance' (3D) for the two conv+norm steps.
-          depthwise_impl: 'xla', 'shift_add' (per-chunk `depthwise_conv`), or 'grouped_padded' (all chunks in
-            one depthwise conv whose kernels are zero-padded to the largest size).
+          depthwise_impl: one of layers.DEPTHWISE_IMPLS (per-chunk `depthwise_conv`), or 'grouped_padded' (all
+            chunks in one depthwise conv whose kernels are zero-padded to the largest size). 'fft' also runs all
+            chunks at once, padded: its cost does not depend on the kernel size.
           rngs: parameter init keys.
         """
         kernels = tuple(int(k) for k in kernels)
@@ -56,7 +60,7 @@ class LMSBlock(nnx.Module):
         self.kernels = kernels
         self.chunk = chunk
         self.depthwise_impl = depthwise_impl
-        per_chunk_impl = "xla" if depthwise_impl == "grouped_padded" else depthwise_impl
+        per_chunk_impl = "xla" if depthwise_impl in PADDED_IMPLS else depthwise_impl
         self.dwconvs = nnx.List([
             layers.DepthwiseConv(ndim, chunk, k, use_bias=True, impl=per_chunk_impl, rngs=rngs) for k in kernels])
         self.norm = layers.GroupNorm(4, channels)
@@ -67,12 +71,13 @@ class LMSBlock(nnx.Module):
                                          rngs=rngs)
 
     def _multiscale(self, x: jax.Array) -> jax.Array:
-        if self.depthwise_impl == "grouped_padded":
-            # One depthwise conv instead of len(kernels): fewer, larger kernels (zero taps cost FLOPs, not accuracy).
+        if self.depthwise_impl in PADDED_IMPLS:
+            # One depthwise conv instead of len(kernels): fewer, larger kernels (zero taps cost FLOPs, not accuracy;
+            # with 'fft' they cost nothing).
             size = max(self.kernels)
             kernel = jnp.concatenate([_pad_kernel(dw.kernel[...], size) for dw in self.dwconvs], axis=-1)
             bias = jnp.concatenate([dw.bias[...] for dw in self.dwconvs])
-            return layers.depthwise_conv(x, kernel, bias, impl="xla")
+            return layers.depthwise_conv(x, kernel, bias, impl=PADDED_IMPLS[self.depthwise_impl])
         chunks = layers.split_channels(x, [self.chunk] * len(self.kernels))
         return jnp.concatenate([dw(c) for dw, c in zip(self.dwconvs, chunks)], axis=-1)
 

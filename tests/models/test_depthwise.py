@@ -43,8 +43,8 @@ def test_depthwise_impl_matches_numpy_reference(ndim, k, impl):
 
 def test_depthwise_rejects_bad_arguments():
     x = jnp.zeros((1, 8, 8, 4))
-    with pytest.raises(ValueError, match="unknown depthwise impl 'fft'"):
-        depthwise_conv(x, jnp.zeros((3, 3, 1, 4)), impl="fft")
+    with pytest.raises(ValueError, match="unknown depthwise impl 'fourier'"):
+        depthwise_conv(x, jnp.zeros((3, 3, 1, 4)), impl="fourier")
     with pytest.raises(ValueError, match=r"does not fit input channels 4"):
         depthwise_conv(x, jnp.zeros((3, 3, 1, 5)))
     with pytest.raises(ValueError, match="must be odd"):
@@ -66,20 +66,20 @@ def test_lms_block_impls_agree(ndim, channels, kernels):
     x = jnp.asarray(rng.standard_normal((2,) + ((16, 12) if ndim == 2 else (10, 8, 6)) + (channels,)),
                     jnp.float32)
     outs = {}
-    for impl in ("xla", "shift_add", "tiled3", "tiled5", "grouped_padded", "dense"):
+    for impl in ("xla", "shift_add", "tiled3", "tiled5", "grouped_padded", "dense", "fft"):
         block = _block(ndim, impl, channels, kernels)
         block.eval()
         graphdef, state = nnx.split(block)
         with jax.default_matmul_precision("highest"):
             outs[impl] = np.asarray(jax.jit(lambda s, a: nnx.merge(graphdef, s)(a))(state, x))
     assert np.abs(outs["xla"]).max() > 0.1
-    for impl in ("shift_add", "tiled3", "tiled5", "grouped_padded", "dense"):
+    for impl in ("shift_add", "tiled3", "tiled5", "grouped_padded", "dense", "fft"):
         np.testing.assert_allclose(outs[impl], outs["xla"], atol=2e-5, rtol=0, err_msg=impl)
 
 
-@pytest.mark.parametrize("impl", ["tiled3", "tiled4", "tiled5", "dense"])
+@pytest.mark.parametrize("impl", ["tiled3", "tiled4", "tiled5", "dense", "fft"])
 def test_depthwise_impl_gradients_match_xla(impl):
-    """The tiled and dense convs are used in training: input and kernel gradients equal the plain conv's (k = 7, 9)."""
+    """The tiled, dense and FFT convs are used in training: input and kernel gradients equal the plain conv's."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((2, 13, 11, 4)), jnp.float32)
     for k in (7, 9):
@@ -95,3 +95,26 @@ def test_depthwise_impl_gradients_match_xla(impl):
         for g, w in zip(got, want):
             assert float(jnp.abs(w).max()) > 1.0
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-4, rtol=1e-5)
+
+
+def test_fft_size_is_7_smooth_and_minimal():
+    from lgmsnet_jax.models.layers import fft_size
+    assert [fft_size(n) for n in (1, 11, 13, 100, 52, 28, 260)] == [1, 12, 14, 100, 54, 28, 270]
+
+
+def test_fft_depthwise_3d_k9_no_wraparound():
+    """A 9^3 kernel on a small odd volume (the transform sizes are barely larger than n + 4): every output equals
+    the direct sum, including the borders where a circular wrap would leak the opposite face in."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 7, 9, 5, 3)).astype(np.float32)
+    kernel = rng.standard_normal((9, 9, 9, 1, 3)).astype(np.float32)
+    bias = np.zeros(3, np.float32)
+    ours = jax.jit(lambda a, w: depthwise_conv(a, w, impl="fft"))(x, kernel)
+    np.testing.assert_allclose(np.asarray(ours), _numpy_depthwise(x, kernel, bias), atol=5e-5, rtol=0)
+
+
+def test_fft_depthwise_keeps_bf16_dtype():
+    x = jnp.ones((1, 8, 8, 2), jnp.bfloat16)
+    y = depthwise_conv(x, jnp.ones((3, 3, 1, 2)), impl="fft")
+    assert y.dtype == jnp.bfloat16
+    assert float(y[0, 4, 4, 0]) == 9.0 and float(y[0, 0, 0, 0]) == 4.0

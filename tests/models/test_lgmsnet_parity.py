@@ -84,3 +84,11 @@ def test_3d_running_stats_after_train_pass_match_reference(result_3d):
     assert not bad, f"running stats off (max|d|, allowed): {bad}"
     assert not np.allclose(result_3d["running"]["encoder4.0.conv_spilt.bn1.running_var"],
                            result_3d["fixture"]["state.encoder4.0.conv_spilt.bn1.running_var"])
+
+
+@pytest.mark.parametrize("ndim,fixture,in_channels,num_classes", [(2, FIXTURE_2D, 3, 1), (3, FIXTURE_3D, 1, 14)])
+def test_fft_depthwise_matches_reference(shared_dir, ndim, fixture, in_channels, num_classes):
+    """The FFT depthwise path (float rounding differs from a direct conv) holds the same output tolerance."""
+    result = run_fixture(_path(shared_dir, fixture), ndim=ndim, in_channels=in_channels, num_classes=num_classes,
+                         train=False, depthwise_impl="fft")
+    assert max_abs(result["eval"], to_channels_last(result["fixture"]["out_eval"])) <= 1e-4
