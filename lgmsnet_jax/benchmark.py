@@ -232,7 +232,7 @@ def _inference(graphdef: nnx.GraphDef, state: nnx.State, s: Setting, batch: int,
         return nnx.merge(graphdef, unpack(st))(x, train=False)
 
     x = _random_batch(s, batch, key)["image"]
-    options = packing.COMPILER_OPTIONS if args.cuda_graphs else None  # as `predict` compiles it
+    options = packing.compiler_options(s.ndim) if args.cuda_graphs else None  # as `predict` compiles it
     compiled, compile_s, lowered = _compile(jax.jit(forward, compiler_options=options), state, x)
     stats = _measure(label, lambda: compiled(state, x), args)
     return {"batch": batch, "compile_s": compile_s, **stats}, lowered
@@ -306,7 +306,7 @@ def benchmark_row(ndim: int, dtype: str, depthwise_impl: str, args: argparse.Nam
                            "in_channels": s.in_channels, "num_classes": s.num_classes,
                            "params": count_params(model), "state_arrays": len(jax.tree.leaves(nnx.state(model))),
                            "inference_args": ("packed" if args.pack_params else "tree")
-                           + ("+graphs" if args.cuda_graphs else "")}
+                           + ("+graphs" + ("+ndhwc" if ndim == 3 else "") if args.cuda_graphs else "")}
     key = jax.random.key(0)
     want = set(args.measure)
     # Inference runs on a copy: the training state below is donated, which deletes its buffers.
@@ -435,7 +435,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "--no-pack_params passes the state tree (one argument per array, ~1 ms more host time)")
     p.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="inference: record convolutions into CUDA graphs too, as `predict` does (default; "
-                        "inference/packing.py COMPILER_OPTIONS); --no-cuda_graphs keeps XLA's default graphs")
+                        "inference/packing.py compiler_options, which in 3D also forces NDHWC convs); "
+                        "--no-cuda_graphs keeps XLA's defaults")
     p.add_argument("--measure", default="latency,infer,train", help="subset of latency,infer,train")
     p.add_argument("--model", default="lgmsnet", help="registered model name")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",

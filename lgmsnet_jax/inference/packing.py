@@ -29,6 +29,16 @@ COMPILER_OPTIONS = {
     "xla_gpu_graph_min_graph_size": 1,
 }
 
+# 3D: every cuDNN conv in NDHWC. Without it XLA hands some bf16 3D convs to cuDNN in NCDHW, and cuDNN transposes in
+# and out around them (nchwToNhwc/nhwcToNchw kernels: 4.5 of the 20.4 ms of a batch-4 96^3 forward on an H200;
+# forced, the forward takes 16.4 ms; BENCHMARKS.md, session 10). Ignored by the CPU backend.
+CONV_NHWC_OPTIONS = {"xla_gpu_force_conv_nhwc": True}
+
+
+def compiler_options(ndim: int) -> dict[str, Any]:
+    """The compile options of a packed inference call of an `ndim`-D model (2D: graphs; 3D: graphs + NDHWC)."""
+    return COMPILER_OPTIONS | (CONV_NHWC_OPTIONS if ndim == 3 else {})
+
 
 @dataclasses.dataclass(frozen=True)
 class PackSpec:

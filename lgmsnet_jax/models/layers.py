@@ -116,22 +116,36 @@ def fft_size(n: int) -> int:
         m += 1
 
 
-def _kernel_spectrum(kernel: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
-    """rfftn of the flipped (*k, 1, C) kernel zero-padded to `sizes`, as (C, *sizes[:-1], sizes[-1]//2+1) complex64.
+def _flipped_kernel(kernel: jax.Array) -> jax.Array:
+    """(*k, 1, C) depthwise kernel -> (C, *k) float32, flipped along every spatial axis."""
+    ndim = kernel.ndim - 2
+    return jnp.moveaxis(jnp.flip(kernel[..., 0, :].astype(jnp.float32), axis=tuple(range(ndim))), -1, 0)
 
-    Computed as one small DFT matmul per axis, not as an FFT op: the kernel has only k taps per axis, and XLA's CPU
-    runtime can deadlock when two FFT ops run at once (each parks a worker of the intra-op pool it fans out into:
-    PyAutoLabs/PyAutoFit#1530); with this, the forward and backward of one conv are a single chain of FFT ops.
-    """
-    ndim = len(sizes)
-    h = jnp.moveaxis(kernel[..., 0, :].astype(jnp.complex64), -1, 0)  # (C, *k)
-    for axis, (k, m) in enumerate(zip(kernel.shape[:ndim], sizes)):
-        f = np.arange(m // 2 + 1 if axis == ndim - 1 else m)
-        # Tap s of the kernel sits at position k-1-s of the flipped kernel: E[s, f] = exp(-2 pi i f (k-1-s) / m).
-        e = np.exp(-2j * np.pi * np.outer(k - 1 - np.arange(k), f) / m).astype(np.complex64)
-        # Contracts the leading spatial axis and appends its frequencies last: (C, *k) ends as (C, *frequencies).
+
+def _spectrum_by_fft(h: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
+    return jnp.fft.rfftn(h, s=sizes, axes=tuple(range(1, h.ndim)))
+
+
+def _spectrum_by_dft(h: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
+    """`_spectrum_by_fft` as one small DFT matmul per axis (the kernel has only k taps per axis)."""
+    h = h.astype(jnp.complex64)
+    for axis, m in enumerate(sizes):
+        f = np.arange(m // 2 + 1 if axis == len(sizes) - 1 else m)  # rfftn keeps half of the last axis
+        e = np.exp(-2j * np.pi * np.outer(np.arange(h.shape[1]), f) / m).astype(np.complex64)  # E[t, f]
+        # Contracts the leading spatial axis and appends its frequencies: (C, *k) ends as (C, *frequencies).
         h = jnp.tensordot(h, e, axes=[[1], [0]], precision=jax.lax.Precision.HIGHEST)
     return h
+
+
+def _kernel_spectrum(kernel: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
+    """rfftn of the flipped (*k, 1, C) kernel zero-padded to `sizes`: (C, *sizes[:-1], sizes[-1]//2+1) complex64.
+
+    On GPU an FFT op (cuFFT). On CPU the DFT matmuls instead: XLA's CPU runtime can deadlock when two FFT ops run
+    at once, as the kernel's and the input's would (each parks a worker of the intra-op pool it fans out into:
+    PyAutoLabs/PyAutoFit#1530), so there the forward and backward of a conv stay one chain of FFT ops.
+    """
+    return jax.lax.platform_dependent(_flipped_kernel(kernel), cpu=lambda h: _spectrum_by_dft(h, sizes),
+                                      default=lambda h: _spectrum_by_fft(h, sizes))
 
 
 def _depthwise_fft(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -171,7 +185,8 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = Non
       4-channel chunks, not for wide depthwise convs.
     - "fft": the convolution theorem (`_depthwise_fft`), in float32 whatever x.dtype: cost independent of k, so
       it pays off for large kernels on large volumes (the 3D LMS block's 9^3 taps at 96^3), where cuDNN's
-      grouped direct kernels dominate the profile. Equal to the direct conv up to float rounding.
+      grouped direct kernels dominate the profile. Equal to the direct conv up to float rounding. On CPU it runs
+      the "xla" conv (an XLA CPU runtime deadlock, see below).
     A 1x..x1 kernel is a per-channel scale and skips the conv whatever `impl` says.
 
     Args:
@@ -199,7 +214,10 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = Non
         eye = jnp.eye(c, dtype=kernel.dtype).reshape((1,) * ndim + (c, c))
         y = conv(x, kernel * eye)  # (*k, 1, C) * (C, C): the diagonal (*k, C, C) kernel
     elif impl == "fft":
-        y = _depthwise_fft(x, kernel)
+        # XLA's CPU runtime deadlocks when two FFT ops run at once (each parks a worker of the intra-op pool it fans
+        # out into: PyAutoLabs/PyAutoFit#1530), which a training step's backward pass does; so CPUs run the direct
+        # conv. Tests call `_depthwise_fft` directly, one conv at a time.
+        y = jax.lax.platform_dependent(x, kernel, cpu=lambda a, w: conv(a, w, groups=c), default=_depthwise_fft)
     elif impl.startswith("tiled") and impl in DEPTHWISE_IMPLS:
         tile = int(impl.removeprefix("tiled"))
         y = conv(x, kernel, groups=c) if max(kernel.shape[:ndim]) <= tile else _depthwise_tiled(x, kernel, tile)

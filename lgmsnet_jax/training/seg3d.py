@@ -8,6 +8,7 @@ its training-loop hooks (loop.train_and_evaluate): patch batches, whole-volume v
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from flax import nnx
 
 from data_pipelines import patches, preprocess3d, volumes
 from data_pipelines.pipeline import CheckedIterDataset
-from lgmsnet_jax.inference import sliding_window_inference
+from lgmsnet_jax.inference import packing, sliding_window_inference
 from lgmsnet_jax.training import checkpoint, loop, losses, metrics3d, tasks
 
 CLASS_NAMES = {
@@ -213,7 +214,7 @@ def make_volume_predictor(graphdef: nnx.GraphDef, *, roi_size: Sequence[int], ov
     """
     roi = tuple(int(r) for r in roi_size)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=packing.CONV_NHWC_OPTIONS)  # cuDNN's 3D convs without transposes
     def predict(params, model_state, volume):
         model = nnx.merge(graphdef, params, model_state)
         model.eval()

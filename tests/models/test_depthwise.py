@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from lgmsnet_jax.models import host_init
-from lgmsnet_jax.models.layers import DEPTHWISE_IMPLS, depthwise_conv
+from lgmsnet_jax.models.layers import DEPTHWISE_IMPLS, _depthwise_fft, depthwise_conv
 from lgmsnet_jax.models.lms import LMSBlock
 
 
@@ -28,8 +28,16 @@ def _numpy_depthwise(x, kernel, bias):
 CASES = [(2, 1), (2, 3), (2, 5), (2, 7), (2, 9), (3, 1), (3, 3), (3, 5), (3, 7)]
 
 
+def _conv(a, w, b=None, *, impl):
+    """depthwise_conv, or with impl 'fft_math' the FFT path itself (on CPU, impl 'fft' runs the direct conv)."""
+    if impl == "fft_math":
+        y = _depthwise_fft(a, w)
+        return y if b is None else y + b.reshape((1,) * (y.ndim - 1) + (-1,))
+    return depthwise_conv(a, w, b, impl=impl)
+
+
 @pytest.mark.parametrize("ndim,k", CASES)
-@pytest.mark.parametrize("impl", DEPTHWISE_IMPLS)
+@pytest.mark.parametrize("impl", DEPTHWISE_IMPLS + ("fft_math",))
 def test_depthwise_impl_matches_numpy_reference(ndim, k, impl):
     rng = np.random.default_rng(ndim * 10 + k)
     spatial = (12, 10) if ndim == 2 else (6, 8, 4)  # non-square: catches swapped axes
@@ -37,7 +45,7 @@ def test_depthwise_impl_matches_numpy_reference(ndim, k, impl):
     kernel = rng.standard_normal((k,) * ndim + (1, 6)).astype(np.float32)
     bias = rng.standard_normal(6).astype(np.float32)
     with jax.default_matmul_precision("highest"):
-        ours = jax.jit(lambda a, w, b: depthwise_conv(a, w, b, impl=impl))(x, kernel, bias)
+        ours = jax.jit(lambda a, w, b: _conv(a, w, b, impl=impl))(x, kernel, bias)
     np.testing.assert_allclose(np.asarray(ours), _numpy_depthwise(x, kernel, bias), atol=2e-5, rtol=0)
 
 
@@ -77,7 +85,7 @@ def test_lms_block_impls_agree(ndim, channels, kernels):
         np.testing.assert_allclose(outs[impl], outs["xla"], atol=2e-5, rtol=0, err_msg=impl)
 
 
-@pytest.mark.parametrize("impl", ["tiled3", "tiled4", "tiled5", "dense", "fft"])
+@pytest.mark.parametrize("impl", ["tiled3", "tiled4", "tiled5", "dense", "fft_math"])
 def test_depthwise_impl_gradients_match_xla(impl):
     """The tiled, dense and FFT convs are used in training: input and kernel gradients equal the plain conv's."""
     rng = np.random.default_rng(3)
@@ -87,7 +95,7 @@ def test_depthwise_impl_gradients_match_xla(impl):
         ct = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
 
         def loss(a, w, which):
-            return jnp.sum(depthwise_conv(a, w, impl=which) * ct)
+            return jnp.sum(_conv(a, w, impl=which) * ct)
 
         with jax.default_matmul_precision("highest"):
             want = jax.grad(loss, argnums=(0, 1))(x, kernel, "xla")
@@ -109,12 +117,33 @@ def test_fft_depthwise_3d_k9_no_wraparound():
     x = rng.standard_normal((1, 7, 9, 5, 3)).astype(np.float32)
     kernel = rng.standard_normal((9, 9, 9, 1, 3)).astype(np.float32)
     bias = np.zeros(3, np.float32)
-    ours = jax.jit(lambda a, w: depthwise_conv(a, w, impl="fft"))(x, kernel)
+    ours = jax.jit(_depthwise_fft)(x, kernel)
     np.testing.assert_allclose(np.asarray(ours), _numpy_depthwise(x, kernel, bias), atol=5e-5, rtol=0)
 
 
 def test_fft_depthwise_keeps_bf16_dtype():
     x = jnp.ones((1, 8, 8, 2), jnp.bfloat16)
-    y = depthwise_conv(x, jnp.ones((3, 3, 1, 2)), impl="fft")
+    y = _depthwise_fft(x, jnp.ones((3, 3, 1, 2)))
     assert y.dtype == jnp.bfloat16
     assert float(y[0, 4, 4, 0]) == 9.0 and float(y[0, 0, 0, 0]) == 4.0
+
+
+@pytest.mark.parametrize("ks,sizes", [((3, 3), (12, 10)), ((9, 5, 7), (14, 10, 12))])
+def test_kernel_spectrum_dft_equals_fft(ks, sizes):
+    """The CPU path's DFT matmuls give the rfftn that the GPU path computes with an FFT op."""
+    from lgmsnet_jax.models.layers import _flipped_kernel, _spectrum_by_dft, _spectrum_by_fft
+    kernel = np.random.default_rng(1).standard_normal(ks + (1, 3)).astype(np.float32)
+    h = _flipped_kernel(jnp.asarray(kernel))
+    want = np.asarray(_spectrum_by_fft(h, sizes))
+    assert want.shape == (3, *sizes[:-1], sizes[-1] // 2 + 1)
+    np.testing.assert_allclose(np.asarray(_spectrum_by_dft(h, sizes)), want, atol=2e-4, rtol=0)
+
+
+def test_fft_impl_lowers_to_ffts_on_gpu_and_to_the_direct_conv_on_cpu():
+    """impl='fft' is the FFT path on GPUs and the direct conv on CPUs (XLA's CPU FFT deadlock, layers.py)."""
+    x, w = jnp.zeros((1, 12, 12, 4)), jnp.zeros((9, 9, 1, 4))
+    traced = jax.jit(lambda a, k: depthwise_conv(a, k, impl="fft")).trace(x, w)
+    cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
+    gpu = traced.lower(lowering_platforms=("cuda",)).as_text()
+    assert "stablehlo.fft" not in cpu and "stablehlo.convolution" in cpu
+    assert "stablehlo.fft" in gpu and "stablehlo.convolution" not in gpu
