@@ -45,6 +45,10 @@ log = logging.getLogger("lgmsnet_jax.benchmark")
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
+# The depthwise path configs/ train with: 2D the plain XLA conv (configs/common.py), 3D the FFT (configs/btcv.py).
+CONFIG_DEPTHWISE_IMPL = {2: "xla", 3: "fft"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """What one benchmark row measures (defaults: the speed issue's targets, spec device/README.md)."""
@@ -423,7 +427,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--train_batch", type=int, default=None, help="train batch per device (2D 16, 3D 1)")
     p.add_argument("--steps", type=int, default=100, help="timed calls per measurement")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls before timing")
-    p.add_argument("--depthwise_impl", default="xla", help=f"one of {LMS_DEPTHWISE_IMPLS} or 'all'")
+    p.add_argument("--depthwise_impl", default="config",
+                   help=f"one of {LMS_DEPTHWISE_IMPLS}, 'all', or 'config' (default: what configs/ train with, "
+                        f"{CONFIG_DEPTHWISE_IMPL})")
     p.add_argument("--attention_impl", default="xla", choices=gms.ATTENTION_IMPLS)
     p.add_argument("--devices", type=int, default=1,
                    help="also time data-parallel training over this many local devices (same batch per device)")
@@ -453,9 +459,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not args.ndims or any(n not in SETTINGS for n in args.ndims):
         p.error(f"--ndim must be 2, 3 or 2,3; got {args.ndim!r}")
     args.dtypes = ["fp32", "bf16"] if args.dtype == "both" else [args.dtype]
-    args.impls = list(LMS_DEPTHWISE_IMPLS) if args.depthwise_impl == "all" else [args.depthwise_impl]
+    args.impls = (list(LMS_DEPTHWISE_IMPLS) if args.depthwise_impl == "all"
+                  else [] if args.depthwise_impl == "config" else [args.depthwise_impl])
     if any(i not in LMS_DEPTHWISE_IMPLS for i in args.impls):
-        p.error(f"--depthwise_impl must be one of {LMS_DEPTHWISE_IMPLS} or 'all'; got {args.depthwise_impl!r}")
+        p.error(f"--depthwise_impl must be one of {LMS_DEPTHWISE_IMPLS}, 'all' or 'config'; "
+                f"got {args.depthwise_impl!r}")
     args.measure = [m for m in args.measure.split(",") if m]
     if not args.measure or any(m not in ("latency", "infer", "train") for m in args.measure):
         p.error(f"--measure must be a subset of latency,infer,train; got {args.measure}")
@@ -487,7 +495,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     for ndim in args.ndims:
         for dtype in args.dtypes:
-            for impl in args.impls:
+            for impl in args.impls or [CONFIG_DEPTHWISE_IMPL[ndim]]:
                 results.append(benchmark_row(ndim, dtype, impl, args))
     return {"device": device_info(), "settings": settings, "results": results, "targets": check_targets(results)}
 

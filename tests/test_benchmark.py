@@ -190,3 +190,11 @@ def test_targets_use_the_best_row_at_default_settings_only():
     assert t["2d_dp_scaling"]["value"] == 0.95 and t["2d_dp_scaling"]["row"] == "fp32/xla"
     assert t["3d_train_patches_per_s"]["met"] and t["3d_infer_patches_per_s"]["met"] is False
     assert benchmark.check_targets([row(size=64)])["2d_train_img_per_s"]["met"] is None
+
+
+def test_config_depthwise_impl_is_what_the_configs_train_with():
+    """The benchmark's default rows measure the depthwise path the 2D and 3D configs actually use."""
+    from configs import acdc, btcv, busi, kits23, kvasir
+    for cfg, ndim in ((kvasir, 2), (busi, 2), (btcv, 3), (acdc, 3), (kits23, 3)):
+        assert cfg.get_config().model.depthwise_impl == benchmark.CONFIG_DEPTHWISE_IMPL[ndim], cfg.__name__
+    assert benchmark.parse_args([]).impls == []
