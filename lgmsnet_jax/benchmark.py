@@ -35,6 +35,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lgmsnet_jax import xla_options
 from lgmsnet_jax.inference import packing
 from lgmsnet_jax.models import count_params, gms, layers
 from lgmsnet_jax.models.lms import LMS_DEPTHWISE_IMPLS
@@ -236,7 +237,7 @@ def _inference(graphdef: nnx.GraphDef, state: nnx.State, s: Setting, batch: int,
         return nnx.merge(graphdef, unpack(st))(x, train=False)
 
     x = _random_batch(s, batch, key)["image"]
-    options = packing.compiler_options(s.ndim) if args.cuda_graphs else None  # as `predict` compiles it
+    options = xla_options.inference(s.ndim) if args.cuda_graphs else None  # as `predict` compiles it
     compiled, compile_s, lowered = _compile(jax.jit(forward, compiler_options=options), state, x)
     stats = _measure(label, lambda: compiled(state, x), args)
     return {"batch": batch, "compile_s": compile_s, **stats}, lowered
@@ -249,16 +250,17 @@ def _train(model: nnx.Module, s: Setting, batch_per_device: int, devices: Sequen
     schedule = optim.build_schedule(s.schedule, lr=s.lr, steps_per_epoch=1000, epochs=1000)
     tx = optim.build_optimizer(s.optimizer, schedule, weight_decay=s.weight_decay)
     graphdef, state = state_lib.create_train_state(model, tx, seed=0)
+    options = xla_options.training(s.ndim)  # as train.py compiles it
     n = len(devices)
     if n == 1:
-        train, _ = step_lib.jit_steps(graphdef, task=task, tx=tx, schedule=schedule)
+        train, _ = step_lib.jit_steps(graphdef, task=task, tx=tx, schedule=schedule, compiler_options=options)
         data = _random_batch(s, batch_per_device, key)
         state = jax.device_put(state, devices[0])
     else:
         mesh = Mesh(np.array(devices), ("data",))
         repl, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
         train, _ = step_lib.jit_steps(graphdef, task=task, tx=tx, schedule=schedule, state_sharding=repl,
-                                      batch_sharding=rows, replicated=repl)
+                                      batch_sharding=rows, replicated=repl, compiler_options=options)
         data = _random_batch(s, batch_per_device * n, key, rows)
         state = jax.device_put(state, repl)
     compiled, compile_s, _ = _compile(train, state, data)
@@ -441,7 +443,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "--no-pack_params passes the state tree (one argument per array, ~1 ms more host time)")
     p.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="inference: record convolutions into CUDA graphs too, as `predict` does (default; "
-                        "inference/packing.py compiler_options, which in 3D also forces NDHWC convs); "
+                        "xla_options.inference, which in 3D also forces NDHWC convs); "
                         "--no-cuda_graphs keeps XLA's defaults")
     p.add_argument("--measure", default="latency,infer,train", help="subset of latency,infer,train")
     p.add_argument("--model", default="lgmsnet", help="registered model name")

@@ -14,6 +14,7 @@ from PIL import Image
 
 from lgmsnet_jax.ablation import ensemble, grid as grid_lib, report, runner
 from lgmsnet_jax.models import build_model, layers, register_model, registered_models
+from lgmsnet_jax import xla_options
 from lgmsnet_jax.training import loop, losses, optim, tasks
 from lgmsnet_jax.training import step as step_lib
 from lgmsnet_jax.training.state import create_train_state
@@ -105,7 +106,7 @@ def test_lr_and_loss_weight_members_match_separate_steps(member_loop):
         graphdef, st = create_train_state(build_model(TEST_MODEL, seed=7), tx, 7)
         task = ensemble.ensemble_task(base_task)
         fn = jax.jit(lambda s, b: step_lib.train_step(graphdef, s, b, task=task, tx=tx, schedule=sched),
-                     compiler_options=loop.FAST_COMPILE_OPTIONS)
+                     compiler_options=xla_options.FAST_COMPILE)
         out = []
         for b in batches:
             st, m = fn(st, dict(b, bce_weight=np.full((2,), bw, np.float32), dice_weight=np.ones((2,), np.float32)))
@@ -116,7 +117,7 @@ def test_lr_and_loss_weight_members_match_separate_steps(member_loop):
     steps = ensemble.make_steps(graphdef, task=ensemble.ensemble_task(base_task),
                                 tx=ensemble.lr_scaled(tx_of, unit, 1.0), unit_schedule=unit,
                                 mesh=ensemble.member_mesh(2), member_loop=member_loop,
-                                compiler_options=loop.FAST_COMPILE_OPTIONS)
+                                compiler_options=xla_options.FAST_COMPILE)
     state, got = ensemble.put_members(ensemble.stack(states), steps), []
     for b in batches:
         stacked = {k: np.stack([v, v]) for k, v in b.items()}

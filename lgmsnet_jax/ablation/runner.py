@@ -22,6 +22,7 @@ from absl import logging
 from lgmsnet_jax.ablation import ensemble, grid as grid_lib, report
 from lgmsnet_jax.models import baselines as _baselines  # noqa: F401  (registers U-Net, TinyU-Net, CMUNeXt)
 from lgmsnet_jax.models import count_params
+from lgmsnet_jax import xla_options
 from lgmsnet_jax.training import builders, checkpoint, loop, metrics as metrics_lib, optim, tasks, writers
 
 ABLATION_FILE = "ablation.json"
@@ -181,7 +182,7 @@ def _train_group(config, group: list[_Member], states: list, graphdef, task, tx_
     mesh = ensemble.member_mesh(n, devices)
     padded = ensemble.padded_size(n, mesh)
     pad = list(range(n)) + [n - 1] * (padded - n)  # padding members repeat the last one; results unused
-    compiler_options = loop.FAST_COMPILE_OPTIONS if config.get("fast_compile") else None
+    compiler_options = xla_options.training(int(config.get("ndim", 2)), fast_compile=bool(config.get("fast_compile")))
     steps = ensemble.make_steps(graphdef, task=task, tx=ensemble.lr_scaled(tx_of, unit, 1.0), unit_schedule=unit,
                                 mesh=mesh, compiler_options=compiler_options, member_loop=member_loop)
     state = ensemble.put_members(ensemble.stack([states[i] for i in pad]), steps)

@@ -6,7 +6,7 @@ buffers are sliced back into the original arrays (static slices, fused by XLA).
 
 A batch-1 forward is also ~285 GPU kernels of ~2 us each (0.8 ms of kernel time, BENCHMARKS.md): launching them
 one by one costs more than running them. XLA records fusions and library calls into CUDA graphs by default, but not
-convolutions, and LGMSNet is mostly convolutions; `COMPILER_OPTIONS` adds them. On an H200 the two together took
+convolutions, and LGMSNet is mostly convolutions; `xla_options.CUDA_GRAPHS` adds them. On an H200 the two together took
 the bf16 batch-1 latency from 3.5 ms (state tree, default graphs) to about 1.0 ms.
 """
 
@@ -19,25 +19,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-
-# XLA's default command-buffer kinds (xla/debug_options_flags.cc, jaxlib 0.11) plus CONVOLUTION, and graphs of any
-# size (the default minimum is 5 commands). A compile option, not XLA_FLAGS, so it applies to this function only.
-# Ignored by the CPU backend.
-COMPILER_OPTIONS = {
-    "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONVOLUTION",
-    "xla_gpu_graph_min_graph_size": 1,
-}
-
-# 3D: every cuDNN conv in NDHWC. Without it XLA hands some bf16 3D convs to cuDNN in NCDHW, and cuDNN transposes in
-# and out around them (nchwToNhwc/nhwcToNchw kernels: 4.5 of the 20.4 ms of a batch-4 96^3 forward on an H200;
-# forced, the forward takes 16.4 ms; BENCHMARKS.md, session 10). Ignored by the CPU backend.
-CONV_NHWC_OPTIONS = {"xla_gpu_force_conv_nhwc": True}
-
-
-def compiler_options(ndim: int) -> dict[str, Any]:
-    """The compile options of a packed inference call of an `ndim`-D model (2D: graphs; 3D: graphs + NDHWC)."""
-    return COMPILER_OPTIONS | (CONV_NHWC_OPTIONS if ndim == 3 else {})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ import scipy.ndimage
 from flax import nnx
 from PIL import Image
 
+from lgmsnet_jax import xla_options
 from lgmsnet_jax.inference import packing
 
 FIT_MODES = ("resize", "pad")
@@ -81,7 +82,7 @@ def make_predictor(model: nnx.Module):
     graphdef, state = nnx.split(model)
     packed, spec = packing.pack(state)  # a few call arguments instead of hundreds
 
-    @functools.partial(jax.jit, compiler_options=packing.COMPILER_OPTIONS)  # convs in CUDA graphs too
+    @functools.partial(jax.jit, compiler_options=xla_options.inference(2))  # convs in CUDA graphs too
     def forward(packed, x):
         logits = nnx.merge(graphdef, spec.unpack(packed))(x, train=False).astype(jnp.float32)
         return jax.nn.sigmoid(logits) if logits.shape[-1] == 1 else jax.nn.softmax(logits, axis=-1)

@@ -26,7 +26,8 @@ from flax import nnx
 
 from data_pipelines import patches, preprocess3d, volumes
 from data_pipelines.pipeline import CheckedIterDataset
-from lgmsnet_jax.inference import packing, sliding_window_inference
+from lgmsnet_jax import xla_options
+from lgmsnet_jax.inference import sliding_window_inference
 from lgmsnet_jax.training import checkpoint, loop, losses, metrics3d, tasks
 
 CLASS_NAMES = {
@@ -214,7 +215,7 @@ def make_volume_predictor(graphdef: nnx.GraphDef, *, roi_size: Sequence[int], ov
     """
     roi = tuple(int(r) for r in roi_size)
 
-    @functools.partial(jax.jit, compiler_options=packing.CONV_NHWC_OPTIONS)  # cuDNN's 3D convs without transposes
+    @functools.partial(jax.jit, compiler_options=xla_options.CONV_NHWC)  # cuDNN's 3D convs without transposes
     def predict(params, model_state, volume):
         model = nnx.merge(graphdef, params, model_state)
         model.eval()

@@ -13,7 +13,7 @@ from lgmsnet_jax.models.baselines import BASELINES, CMRF, _ops, stages
 from lgmsnet_jax.models.baselines import cmunext as cmunext_lib
 from lgmsnet_jax.models.baselines import unet as unet_lib
 from lgmsnet_jax.models.baselines import migrations
-from lgmsnet_jax.training.loop import FAST_COMPILE_OPTIONS as FAST_COMPILE
+from lgmsnet_jax.xla_options import FAST_COMPILE
 
 
 def _abstract_count(make) -> int:
