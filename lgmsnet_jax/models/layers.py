@@ -104,7 +104,7 @@ def _depthwise_tiled(x: jax.Array, kernel: jax.Array, tile: int) -> jax.Array:
 
 
 def fft_size(n: int) -> int:
-    """Smallest m >= n whose prime factors are 2, 3, 5, 7 (sizes cuFFT and ducc transform fastest)."""
+    """Smallest m >= n whose prime factors are 2, 3, 5, 7 (the radices FFT libraries handle fast)."""
     m = n
     while True:
         r = m
@@ -140,9 +140,8 @@ def _spectrum_by_dft(h: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
 def _kernel_spectrum(kernel: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
     """rfftn of the flipped (*k, 1, C) kernel zero-padded to `sizes`: (C, *sizes[:-1], sizes[-1]//2+1) complex64.
 
-    On GPU an FFT op (cuFFT). On CPU the DFT matmuls instead: XLA's CPU runtime can deadlock when two FFT ops run
-    at once, as the kernel's and the input's would (each parks a worker of the intra-op pool it fans out into:
-    PyAutoLabs/PyAutoFit#1530), so there the forward and backward of a conv stay one chain of FFT ops.
+    On GPU an FFT op (cuFFT). On CPU, where `_depthwise_fft` runs only in tests, the DFT matmuls instead, so the
+    kernel's and the input's transforms are never two FFT ops running at once (see `depthwise_conv`, "fft").
     """
     return jax.lax.platform_dependent(_flipped_kernel(kernel), cpu=lambda h: _spectrum_by_dft(h, sizes),
                                       default=lambda h: _spectrum_by_fft(h, sizes))
@@ -153,7 +152,7 @@ def _depthwise_fft(x: jax.Array, kernel: jax.Array) -> jax.Array:
     # inverse FFT. The cost does not depend on k, so a 9^3 kernel costs what a 3^3 one does. The transform size
     # m >= n + k//2 per axis keeps the circular wrap-around out of the cropped window: output i reads inputs
     # i-p..i+p, and an index below 0 wraps to m-p.. >= n, which is zero padding. Computed in float32 (FFTs have
-    # no bf16 form); exact up to float rounding (~1e-6 relative), not bit-equal to a direct conv.
+    # no bf16 form); equal to a direct conv up to float32 rounding, not bit for bit.
     ndim = x.ndim - 2
     ks = kernel.shape[:ndim]
     spatial = x.shape[1:-1]
@@ -185,8 +184,8 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = Non
       4-channel chunks, not for wide depthwise convs.
     - "fft": the convolution theorem (`_depthwise_fft`), in float32 whatever x.dtype: cost independent of k, so
       it pays off for large kernels on large volumes (the 3D LMS block's 9^3 taps at 96^3), where cuDNN's
-      grouped direct kernels dominate the profile. Equal to the direct conv up to float rounding. On CPU it runs
-      the "xla" conv (an XLA CPU runtime deadlock, see below).
+      grouped direct kernels dominate the profile. Equal to the direct conv up to float rounding. Only GPUs run
+      the FFT; CPUs and TPUs run the "xla" conv (see below).
     A 1x..x1 kernel is a per-channel scale and skips the conv whatever `impl` says.
 
     Args:
@@ -214,10 +213,12 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = Non
         eye = jnp.eye(c, dtype=kernel.dtype).reshape((1,) * ndim + (c, c))
         y = conv(x, kernel * eye)  # (*k, 1, C) * (C, C): the diagonal (*k, C, C) kernel
     elif impl == "fft":
-        # XLA's CPU runtime deadlocks when two FFT ops run at once (each parks a worker of the intra-op pool it fans
-        # out into: PyAutoLabs/PyAutoFit#1530), which a training step's backward pass does; so CPUs run the direct
-        # conv. Tests call `_depthwise_fft` directly, one conv at a time.
-        y = jax.lax.platform_dependent(x, kernel, cpu=lambda a, w: conv(a, w, groups=c), default=_depthwise_fft)
+        # The FFT only where it was measured to pay off, on GPUs. XLA's CPU runtime deadlocks when two FFT ops run
+        # at once (each parks a worker of the intra-op pool it fans out into: PyAutoLabs/PyAutoFit#1530), as in a
+        # training step's backward pass; TPUs are unmeasured. Both run the direct conv. Tests call `_depthwise_fft`
+        # directly, one conv at a time.
+        y = jax.lax.platform_dependent(x, kernel, cuda=_depthwise_fft, rocm=_depthwise_fft,
+                                       default=lambda a, w: conv(a, w, groups=c))
     elif impl.startswith("tiled") and impl in DEPTHWISE_IMPLS:
         tile = int(impl.removeprefix("tiled"))
         y = conv(x, kernel, groups=c) if max(kernel.shape[:ndim]) <= tile else _depthwise_tiled(x, kernel, tile)
