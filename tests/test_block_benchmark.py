@@ -36,4 +36,4 @@ def test_lms_table_times_each_impl_and_encoder(tmp_path):
 
 def test_bad_impl_is_rejected():
     with pytest.raises(SystemExit):
-        block_benchmark.parse_args(["--impls", "xla,fft"])
+        block_benchmark.parse_args(["--impls", "xla,fourier"])

@@ -17,6 +17,7 @@ from flax import nnx
 
 EPS = 1e-5  # every norm of the reference (BN, GN, IN, LN) uses eps 1e-5 (spec §4.2, §4.3)
 DEPTHWISE_IMPLS = ("xla", "shift_add", "tiled3", "tiled4", "tiled5", "dense", "fft")
+FFT_PLATFORMS = ("cuda", "rocm")  # where depthwise_impl "fft" runs the FFT; elsewhere the direct conv (see there)
 
 
 def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> jax.Array:
@@ -217,7 +218,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = Non
         # at once (each parks a worker of the intra-op pool it fans out into: PyAutoLabs/PyAutoFit#1530), as in a
         # training step's backward pass; TPUs are unmeasured. Both run the direct conv. Tests call `_depthwise_fft`
         # directly, one conv at a time.
-        y = jax.lax.platform_dependent(x, kernel, cuda=_depthwise_fft, rocm=_depthwise_fft,
+        y = jax.lax.platform_dependent(x, kernel, **{p: _depthwise_fft for p in FFT_PLATFORMS},
                                        default=lambda a, w: conv(a, w, groups=c))
     elif impl.startswith("tiled") and impl in DEPTHWISE_IMPLS:
         tile = int(impl.removeprefix("tiled"))
