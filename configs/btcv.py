@@ -46,8 +46,9 @@ def base_3d_config() -> ml_collections.ConfigDict:
     c.ndim = 3
     c.in_channels = 1
     c.model = ml_collections.ConfigDict(dict(common.LGMSNET_DEFAULTS))  # the 6.19M-parameter 3D model
-    # The LMS depthwise convs by FFT: 2.8x the training and 2.1x the inference speed of XLA's direct 3D depthwise
-    # kernels on an H200 at 96^3 (BENCHMARKS.md, session 10); same parameters and checkpoints.
+    # The LMS depthwise convs by FFT (GPUs only; elsewhere the direct conv): with NDHWC convs (xla_options), 2.8x the
+    # training and 2.1x the inference speed of XLA's direct 3D depthwise kernels on an H200 at 96^3 (BENCHMARKS.md,
+    # session 10); same parameters and checkpoints.
     c.model.depthwise_impl = "fft"
     c.split_file = ""  # JSON {"train": [...], "val": [...]}; "" = the dataset's own list or a seeded split
     c.split_seed = 0

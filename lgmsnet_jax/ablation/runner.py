@@ -19,10 +19,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from lgmsnet_jax import xla_options
 from lgmsnet_jax.ablation import ensemble, grid as grid_lib, report
 from lgmsnet_jax.models import baselines as _baselines  # noqa: F401  (registers U-Net, TinyU-Net, CMUNeXt)
 from lgmsnet_jax.models import count_params
-from lgmsnet_jax import xla_options
 from lgmsnet_jax.training import builders, checkpoint, loop, metrics as metrics_lib, optim, tasks, writers
 
 ABLATION_FILE = "ablation.json"
