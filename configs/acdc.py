@@ -24,7 +24,8 @@ plus HD95 in mm on the resampled grid.
 Expected: the paper gives no ACDC number (its 3D sets are BTCV and KiTS23); this run checks the 3D pipeline on
 real volumes, reporting per-structure Dice and HD95 on the 20 validation volumes. Runtime on one H200 (bf16), measured
 before the depthwise convs moved to FFT (session 10, faster; not rerun on ACDC): ~60 s compile, 36 patches/s (~9
-steps/s), ~10-16 s per validation; a 10-epoch run took 145 s (RESULTS.md), so the 60 epochs take about 7 minutes at that speed.
+steps/s), ~10-16 s per validation; a 10-epoch run took 145 s (RESULTS.md), so the 60 epochs take about 7 minutes
+at that speed.
 
 `configs/acdc.py:smoke` is a small CPU variant (narrow model, 32^3 patches on a coarse 10 mm grid, 2 training and
 1 validation volume, 1 epoch = 2 steps) used by tests/training/test_seg3d.py; it takes minutes on CPU, where XLA's
