@@ -35,3 +35,8 @@ def training(ndim: int, *, fast_compile: bool = False) -> dict[str, Any] | None:
     """Options of the train/eval steps of an `ndim`-D model (None: XLA's defaults)."""
     options = (FAST_COMPILE if fast_compile else {}) | (CONV_NHWC if ndim == 3 else {})
     return options or None
+
+
+def training_for(config: Any) -> dict[str, Any] | None:
+    """`training` for a run config (its `ndim`, default 2, and `fast_compile` flag)."""
+    return training(int(config.get("ndim", 2)), fast_compile=bool(config.get("fast_compile")))

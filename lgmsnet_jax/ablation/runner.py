@@ -182,7 +182,7 @@ def _train_group(config, group: list[_Member], states: list, graphdef, task, tx_
     mesh = ensemble.member_mesh(n, devices)
     padded = ensemble.padded_size(n, mesh)
     pad = list(range(n)) + [n - 1] * (padded - n)  # padding members repeat the last one; results unused
-    compiler_options = xla_options.training(int(config.get("ndim", 2)), fast_compile=bool(config.get("fast_compile")))
+    compiler_options = xla_options.training_for(config)
     steps = ensemble.make_steps(graphdef, task=task, tx=ensemble.lr_scaled(tx_of, unit, 1.0), unit_schedule=unit,
                                 mesh=mesh, compiler_options=compiler_options, member_loop=member_loop)
     state = ensemble.put_members(ensemble.stack([states[i] for i in pad]), steps)

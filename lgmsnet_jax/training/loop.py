@@ -169,7 +169,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
     graphdef, state = builders.create_train_state(model, tx, config.seed)
     del model
     state = builders.replicate(state, repl)
-    compiler_options = xla_options.training(int(config.get("ndim", 2)), fast_compile=bool(config.get("fast_compile")))
+    compiler_options = xla_options.training_for(config)
     train_fn, eval_fn = step_lib.jit_steps(graphdef, task=task, tx=tx, schedule=schedule,
                                            grad_accum_steps=config.grad_accum_steps, state_sharding=repl,
                                            batch_sharding=data_sh, replicated=repl,
