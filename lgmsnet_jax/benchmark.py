@@ -7,11 +7,13 @@ training-step throughput (1 device and data-parallel over N), compiled and peak 
 
 Protocol: fixed random inputs already on the device, one jitted function per measurement (compiled before
 timing, compile time reported); inference is compiled as `predict` compiles it: the model state packed into one
-buffer per dtype and the convolutions in CUDA graphs (inference/packing.py; the state tree's ~330 call arguments and
+buffer per dtype and the convolutions in CUDA graphs (packing.py; the state tree's ~330 call arguments and
 ~285 separate kernel launches cost ~2 ms per batch-1 call, BENCHMARKS.md); `--warmup` untimed calls, then
 `--steps` calls each timed to `jax.block_until_ready`; medians with p10/p90. The training step is the project's
-own (`training.step.jit_steps`: the task's loss, the recipe's optimizer, donated state): 2D BCE+Dice with SGD+poly,
-3D DiceCE with AdamW.
+own, run as train.py runs it (`training.step.jit_packed_train`: the task's loss, the recipe's optimizer, the state
+packed and donated): 2D BCE+Dice with SGD+poly, 3D DiceCE with AdamW. Training is timed twice: each step waited
+for (`train_per_s`, the targets' figure), and "pipelined" (`train_pipelined_per_s`: the next step dispatched before
+waiting on the last, as train.py's loop does, so host work overlaps the device's).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lgmsnet_jax import xla_options
-from lgmsnet_jax.inference import packing
+from lgmsnet_jax import packing
 from lgmsnet_jax.models import count_params, gms, layers
 from lgmsnet_jax.models.lms import LMS_DEPTHWISE_IMPLS
 from lgmsnet_jax.training import builders, optim, state as state_lib, step as step_lib, tasks
@@ -140,6 +142,31 @@ def time_calls(call: Callable[[], Any], *, warmup: int, steps: int) -> list[floa
     return out
 
 
+def time_calls_pipelined(call: Callable[[], Any], *, warmup: int, steps: int) -> list[float]:
+    """Seconds between successive completions of `call` with the next call dispatched before waiting on the last.
+
+    This is how train.py's loop runs its steps (it fetches step k's metrics after dispatching step k + 1), so the
+    host's dispatch work overlaps the device's; `call` must return something that stays valid after the next call
+    (the step's metrics, not the donated state).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    for _ in range(warmup):
+        jax.block_until_ready(call())
+    pending = call()
+    out = []
+    t_last = None
+    for _ in range(steps + 1):
+        nxt = call()
+        jax.block_until_ready(pending)
+        now = time.perf_counter()
+        if t_last is not None:  # the first interval would time only a dispatch
+            out.append(now - t_last)
+        t_last, pending = now, nxt
+    jax.block_until_ready(pending)
+    return out
+
+
 def _compile(jitted: Callable, *args) -> tuple[Any, float, Any]:
     """(compiled executable, seconds spent tracing+compiling, lowered)."""
     t0 = time.perf_counter()
@@ -227,7 +254,7 @@ def _measure(label: str, call: Callable[[], Any], args: argparse.Namespace) -> d
 def _inference(graphdef: nnx.GraphDef, state: nnx.State, s: Setting, batch: int, label: str,
                args: argparse.Namespace, key: jax.Array) -> tuple[dict, Any]:
     if args.pack_params:
-        # One buffer per dtype instead of one argument per array: less host time per call (inference/packing.py).
+        # One buffer per dtype instead of one argument per array: less host time per call (packing.py).
         state, spec = packing.pack(state)
         unpack = spec.unpack
     else:
@@ -250,19 +277,22 @@ def _train(model: nnx.Module, s: Setting, batch_per_device: int, devices: Sequen
     schedule = optim.build_schedule(s.schedule, lr=s.lr, steps_per_epoch=1000, epochs=1000)
     tx = optim.build_optimizer(s.optimizer, schedule, weight_decay=s.weight_decay)
     graphdef, state = state_lib.create_train_state(model, tx, seed=0)
-    options = xla_options.training(s.ndim)  # as train.py compiles it
+    step_args = dict(task=task, tx=tx, schedule=schedule, compiler_options=xla_options.training(s.ndim))
     n = len(devices)
     if n == 1:
-        train, _ = step_lib.jit_steps(graphdef, task=task, tx=tx, schedule=schedule, compiler_options=options)
         data = _random_batch(s, batch_per_device, key)
         state = jax.device_put(state, devices[0])
     else:
         mesh = Mesh(np.array(devices), ("data",))
         repl, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-        train, _ = step_lib.jit_steps(graphdef, task=task, tx=tx, schedule=schedule, state_sharding=repl,
-                                      batch_sharding=rows, replicated=repl, compiler_options=options)
+        step_args.update(state_sharding=repl, batch_sharding=rows, replicated=repl)
         data = _random_batch(s, batch_per_device * n, key, rows)
         state = jax.device_put(state, repl)
+    if args.pack_params:  # the step as train.py's loop runs it: the state packed into a few buffers
+        packed_train = step_lib.jit_packed_train(graphdef, state, **step_args)
+        train, state = packed_train.step, packed_train.pack(state)
+    else:
+        train, _ = step_lib.jit_steps(graphdef, **step_args)
     compiled, compile_s, _ = _compile(train, state, data)
     box = [state]
 
@@ -271,11 +301,14 @@ def _train(model: nnx.Module, s: Setting, batch_per_device: int, devices: Sequen
         return box[0], metrics
 
     stats = _measure(label, call, args)
+    piped = timing_stats(time_calls_pipelined(lambda: call()[1], warmup=2, steps=args.steps))
+    log.info("%s, pipelined as train.py: median %.3f ms (p10 %.3f, p90 %.3f)", label, piped["median_ms"],
+             piped["p10_ms"], piped["p90_ms"])
     loss = float(call()[1]["loss"])
     if not np.isfinite(loss):
         raise FloatingPointError(f"{label}: training loss is {loss} on random data; the step is broken")
     return {"batch": batch_per_device * n, "devices": n, "compile_s": compile_s,
-            "memory_bytes": compiled_memory_bytes(compiled), **stats}
+            "memory_bytes": compiled_memory_bytes(compiled), "pipelined_ms": piped["median_ms"], **stats}
 
 
 def _per_second(batch: int, ms: float) -> float:
@@ -289,7 +322,8 @@ def benchmark_row(ndim: int, dtype: str, depthwise_impl: str, args: argparse.Nam
       A flat dict: ndim, dtype, depthwise_impl, attention_impl, size, unit, in_channels, num_classes, params,
       state_arrays, inference_args, gflops_per_example; latency_{batch, ms, ms_p10, ms_p90, compile_s};
       infer_{batch, per_s, per_s_p10, per_s_p90, ms, compile_s}; train_{batch, per_s, per_s_p10, per_s_p90, step_ms,
-      compile_s, step_memory_bytes}; dp_{devices, batch_per_device, per_s, step_ms, scaling, compile_s} (None with
+      pipelined_per_s, pipelined_ms, compile_s, step_memory_bytes}; dp_{devices, batch_per_device, per_s, step_ms,
+      pipelined_per_s, scaling, compile_s} (None with
       --devices 1); peak_memory_bytes (the device's peak since the process started, or "n/a"). Groups left out
       of --measure are absent.
     """
@@ -312,7 +346,8 @@ def benchmark_row(ndim: int, dtype: str, depthwise_impl: str, args: argparse.Nam
                            "in_channels": s.in_channels, "num_classes": s.num_classes,
                            "params": count_params(model), "state_arrays": len(jax.tree.leaves(nnx.state(model))),
                            "inference_args": ("packed" if args.pack_params else "tree")
-                           + ("+graphs" + ("+ndhwc" if ndim == 3 else "") if args.cuda_graphs else "")}
+                           + ("+graphs" + ("+ndhwc" if ndim == 3 else "") if args.cuda_graphs else ""),
+                           "train_state_args": "packed" if args.pack_params else "tree"}
     key = jax.random.key(0)
     want = set(args.measure)
     # Inference runs on a copy: the training state below is donated, which deletes its buffers.
@@ -350,14 +385,17 @@ def benchmark_row(ndim: int, dtype: str, depthwise_impl: str, args: argparse.Nam
                 row.update(train_batch=r["batch"], train_per_s=thr,
                            train_per_s_p10=_per_second(r["batch"], r["p90_ms"]),
                            train_per_s_p90=_per_second(r["batch"], r["p10_ms"]), train_step_ms=r["median_ms"],
+                           train_pipelined_per_s=_per_second(r["batch"], r["pipelined_ms"]),
+                           train_pipelined_ms=r["pipelined_ms"],
                            train_compile_s=r["compile_s"], train_step_memory_bytes=r["memory_bytes"])
             else:
                 row.update(dp_devices=n, dp_batch_per_device=s.train_batch, dp_per_s=thr,
-                           dp_step_ms=r["median_ms"], dp_scaling=thr / (n * row["train_per_s"]),
+                           dp_step_ms=r["median_ms"], dp_pipelined_per_s=_per_second(r["batch"], r["pipelined_ms"]),
+                           dp_scaling=thr / (n * row["train_per_s"]),
                            dp_compile_s=r["compile_s"])
         if args.devices == 1:
             row.update(dp_devices=1, dp_batch_per_device=s.train_batch, dp_per_s=None, dp_step_ms=None,
-                       dp_scaling=None, dp_compile_s=None)
+                       dp_pipelined_per_s=None, dp_scaling=None, dp_compile_s=None)
     row["peak_memory_bytes"] = peak_device_memory(jax.local_devices()[:max(args.devices, 1)])
     return row
 
@@ -379,17 +417,18 @@ def format_table(report: dict[str, Any]) -> str:
     d = report["device"]
     lines = [f"device: {d['device_kind']} ({d['platform']}, {d['device_count']} device(s)), jax {d['jax']}"]
     head = (f"{'nd':>2} {'dtype':>5} {'dw impl':>14} {'params':>10} {'GFLOP':>7} {'lat ms':>12} "
-            f"{'infer/s':>14} {'train/s':>14} {'DP/s (scale)':>20} {'train MiB':>9} {'peak MiB':>9}")
+            f"{'infer/s':>14} {'train/s (piped)':>22} {'DP/s (scale)':>20} {'train MiB':>9} {'peak MiB':>9}")
     lines += [head, "-" * len(head)]
     for r in report["results"]:
         lat = f"{_fmt(r.get('latency_ms'), '.2f')} @{r.get('latency_batch', '-')}"
         inf = f"{_fmt(r.get('infer_per_s'), ',.0f')} @{r.get('infer_batch', '-')}"
-        trn = f"{_fmt(r.get('train_per_s'), ',.1f')} @{r.get('train_batch', '-')}"
+        trn = (f"{_fmt(r.get('train_per_s'), ',.1f')} ({_fmt(r.get('train_pipelined_per_s'), ',.0f')}) "
+               f"@{r.get('train_batch', '-')}")
         dp = "-"
         if r.get("dp_per_s") is not None:
             dp = f"{r['dp_per_s']:,.1f} x{r['dp_devices']} ({100 * r['dp_scaling']:.0f}%)"
         lines.append(f"{r['ndim']:>2} {r['dtype']:>5} {r['depthwise_impl']:>14} {r['params']:>10,} "
-                     f"{_fmt(r['gflops_per_example'], '.2f'):>7} {lat:>12} {inf:>14} {trn:>14} {dp:>20} "
+                     f"{_fmt(r['gflops_per_example'], '.2f'):>7} {lat:>12} {inf:>14} {trn:>22} {dp:>20} "
                      f"{_mib(r.get('train_step_memory_bytes')):>9} {_mib(r['peak_memory_bytes']):>9}")
     checked = {k: v for k, v in report.get("targets", {}).items() if v["met"] is not None}
     if checked:
@@ -397,7 +436,8 @@ def format_table(report: dict[str, Any]) -> str:
                                              f"{v['bound']:g}, {v['row']})" for k, v in checked.items()))
     units = sorted({r["unit"] for r in report["results"]})
     lines.append(f"throughput in {' / '.join(units)} (2D / 3D); median of {report['settings']['steps']} timed calls "
-                 f"after {report['settings']['warmup']} warm-up calls; 'train MiB' = XLA's estimate for the step")
+                 f"after {report['settings']['warmup']} warm-up calls; 'piped': steps dispatched one ahead, as train.py "
+                 f"runs them; 'train MiB' = XLA's estimate for the step")
     return "\n".join(lines)
 
 
@@ -439,8 +479,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="data-parallel BatchNorm statistics: over the global batch, or per device (train.py's "
                         "config.batchnorm)")
     p.add_argument("--pack_params", action=argparse.BooleanOptionalAction, default=True,
-                   help="inference: pass the model state as one buffer per dtype, as `predict` does (default); "
-                        "--no-pack_params passes the state tree (one argument per array, ~1 ms more host time)")
+                   help="pass the model state (inference) and the train state (training) as one buffer per "
+                        "dtype, as `predict` and train.py do (default); --no-pack_params passes the state trees "
+                        "(one argument per array, ~1 ms more host time per inference call, more per train step)")
     p.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="inference: record convolutions into CUDA graphs too, as `predict` does (default; "
                         "xla_options.inference, which in 3D also forces NDHWC convs); "

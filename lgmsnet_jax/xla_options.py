@@ -10,7 +10,7 @@ from typing import Any
 
 # XLA's default command-buffer kinds (xla/debug_options_flags.cc, jaxlib 0.11) plus CONVOLUTION, and graphs of any
 # size (the default minimum is 5 commands): a batch-1 forward is ~285 kernels of ~2 us, and XLA's default graphs
-# leave the convolutions out (inference/packing.py, BENCHMARKS.md session 9).
+# leave the convolutions out (packing.py, BENCHMARKS.md session 9).
 CUDA_GRAPHS = {
     "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONVOLUTION",
     "xla_gpu_graph_min_graph_size": 1,

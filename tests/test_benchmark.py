@@ -13,13 +13,13 @@ from lgmsnet_jax.models import layers, register_model, registered_models
 
 ROW_FIELDS = {
     "ndim", "dtype", "depthwise_impl", "attention_impl", "size", "unit", "in_channels", "num_classes", "params",
-    "state_arrays", "inference_args",
+    "state_arrays", "inference_args", "train_state_args",
     "gflops_per_example",
     "latency_batch", "latency_ms", "latency_ms_p10", "latency_ms_p90", "latency_compile_s",
     "infer_batch", "infer_per_s", "infer_per_s_p10", "infer_per_s_p90", "infer_ms", "infer_compile_s",
     "train_batch", "train_per_s", "train_per_s_p10", "train_per_s_p90", "train_step_ms", "train_compile_s",
-    "train_step_memory_bytes",
-    "dp_devices", "dp_batch_per_device", "dp_per_s", "dp_step_ms", "dp_scaling", "dp_compile_s",
+    "train_step_memory_bytes", "train_pipelined_per_s", "train_pipelined_ms",
+    "dp_devices", "dp_batch_per_device", "dp_per_s", "dp_step_ms", "dp_pipelined_per_s", "dp_scaling", "dp_compile_s",
     "peak_memory_bytes",
 }
 WIDTH = 4
@@ -77,6 +77,8 @@ def test_benchmark_json_has_every_field_for_both_dtypes_and_data_parallel(capsys
         assert r["infer_per_s_p10"] <= r["infer_per_s"] <= r["infer_per_s_p90"]
         assert r["infer_per_s"] == pytest.approx(4 / (r["infer_ms"] / 1e3))
         assert r["train_per_s"] == pytest.approx(2 / (r["train_step_ms"] / 1e3))
+        assert r["train_pipelined_per_s"] == pytest.approx(2 / (r["train_pipelined_ms"] / 1e3))
+        assert r["train_state_args"] == "packed" and r["dp_pipelined_per_s"] > 0
         assert r["dp_per_s"] == pytest.approx(4 / (r["dp_step_ms"] / 1e3))
         assert r["dp_scaling"] == pytest.approx(r["dp_per_s"] / (2 * r["train_per_s"]))
         assert r["train_step_memory_bytes"] > 0 and r["peak_memory_bytes"] == "n/a"  # CPU has no memory_stats
@@ -104,10 +106,35 @@ def test_benchmark_3d_trains_the_multiclass_task(capsys):
         report, _ = _run(capsys, "--ndim", "3", "--dtype", "fp32", "--size", "8", "--measure", "train,infer",
                          "--no-pack_params", "--no-cuda_graphs")
     (r,) = report["results"]
-    assert r["inference_args"] == "tree"
+    assert r["inference_args"] == "tree" and r["train_state_args"] == "tree"
     assert (r["ndim"], r["unit"], r["in_channels"], r["num_classes"]) == (3, "patches/s", 1, 14)
     assert (r["infer_batch"], r["train_batch"]) == (4, 1)
     assert "latency_ms" not in r and r["dp_per_s"] is None and r["train_per_s"] > 0
+
+
+def test_pipelined_timing_waits_on_each_call_one_dispatch_later():
+    events = []
+
+    class Result:
+        def __init__(self, i):
+            self.i = i
+
+        def block_until_ready(self):
+            events.append(("wait", self.i))
+            return self
+
+    calls = iter(range(100))
+
+    def call():
+        i = next(calls)
+        events.append(("call", i))
+        return Result(i)
+
+    times = benchmark.time_calls_pipelined(call, warmup=1, steps=3)
+    assert len(times) == 3 and all(t >= 0 for t in times)
+    # warm-up 0; then call i + 1 is dispatched before call i is waited on
+    assert events == [("call", 0), ("wait", 0), ("call", 1), ("call", 2), ("wait", 1), ("call", 3), ("wait", 2),
+                      ("call", 4), ("wait", 3), ("call", 5), ("wait", 4), ("wait", 5)]
 
 
 def test_timing_statistics_are_percentiles_of_per_call_times():
@@ -155,7 +182,7 @@ def test_peak_memory_is_not_available_on_cpu_and_compiled_memory_is():
 
 
 def test_packed_state_unpacks_to_every_leaf_inside_jit():
-    from lgmsnet_jax.inference import packing
+    from lgmsnet_jax import packing
 
     tree = {"a": jnp.arange(6, dtype=jnp.float32).reshape(2, 3), "b": [jnp.ones((4,), jnp.bfloat16),
             jnp.full((2, 2), 7, jnp.int32), jnp.float32(3.5)], "c": jnp.zeros((0, 5)), "key": jax.random.key(3),

@@ -19,7 +19,7 @@ from flax import nnx
 from PIL import Image
 
 from lgmsnet_jax import xla_options
-from lgmsnet_jax.inference import packing
+from lgmsnet_jax import packing
 
 FIT_MODES = ("resize", "pad")
 CONTOUR_RGB = (0, 255, 0)  # bright green reads well on endoscopy, dermoscopy and ultrasound images

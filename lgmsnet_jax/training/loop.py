@@ -170,10 +170,12 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
     del model
     state = builders.replicate(state, repl)
     compiler_options = xla_options.training_for(config)
-    train_fn, eval_fn = step_lib.jit_steps(graphdef, task=task, tx=tx, schedule=schedule,
-                                           grad_accum_steps=config.grad_accum_steps, state_sharding=repl,
-                                           batch_sharding=data_sh, replicated=repl,
-                                           compiler_options=compiler_options)
+    step_args = dict(task=task, tx=tx, schedule=schedule, grad_accum_steps=config.grad_accum_steps,
+                     state_sharding=repl, batch_sharding=data_sh, replicated=repl, compiler_options=compiler_options)
+    _, eval_fn = step_lib.jit_steps(graphdef, **step_args)
+    # The loop steps a packed state (a few buffers, not ~560 arrays: less host time per step, BENCHMARKS.md) and
+    # unpacks it into a TrainState only to evaluate or checkpoint; checkpoints hold the TrainState as before.
+    packed_train = step_lib.jit_packed_train(graphdef, state, **step_args)
     ctx.graphdef, ctx.eval_fn, ctx.data_sharding = graphdef, eval_fn, data_sh
 
     mngr = checkpoint.make_manager(workdir)
@@ -187,6 +189,14 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
         if jsonl is not None:
             jsonl.truncate_after(latest)
     start = int(jax.device_get(state.step))
+    packed, state_step = packed_train.pack(state), start
+
+    def current_state(step: int):
+        """The TrainState after `step` steps (the packed state is at `step`), unpacked once per step."""
+        nonlocal state, state_step
+        if state_step != step:
+            state, state_step = packed_train.unpack(packed), step
+        return state
     tb = writers.EventWriter(workdir / "tb") if is_main else None
     ctx.tb = tb
     config_dict = config.to_dict()
@@ -197,7 +207,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
         if step == last_saved:
             return
         meta["process_count"] = nproc  # the data state holds one iterator per process
-        checkpoint.save(mngr, step, state, data_iter=train_iter, config_dict=config_dict, meta=meta,
+        checkpoint.save(mngr, step, current_state(step), data_iter=train_iter, config_dict=config_dict, meta=meta,
                         metrics=None if select is None else {"select": select})
         last_saved = step
 
@@ -249,7 +259,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
                 stopped_at = step
                 break
             batch = next(train_iter)
-            state, m = train_fn(state, _global_batch(batch, TRAIN_KEYS, data_sh))
+            packed, m = packed_train.step(packed, _global_batch(batch, TRAIN_KEYS, data_sh))
             consume()
             pending = (step + 1, m)
             done = step + 1
@@ -262,7 +272,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
                 epoch_losses.clear()
                 if run.has_val and (epoch % config.eval_every == 0 or epoch == config.epochs):
                     t0 = time.perf_counter()
-                    val = run.validate(state, done, epoch)
+                    val = run.validate(current_state(done), done, epoch)
                     t_val = time.perf_counter() - t0
                     score = val[task.select_metric]
                     improved = score > meta["best_score"]  # strictly greater, as the reference
@@ -270,7 +280,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
                         meta = meta | {"best_score": score, "best_step": done, "best_epoch": epoch, "best_val": val}
                     # The reference's Kvasir script also scores its test set every epoch; the loop only logs it.
                     t0 = time.perf_counter()
-                    mon = run.monitor(state)
+                    mon = run.monitor(current_state(done))
                     t_test = time.perf_counter() - t0
                     if mon and mon[task.select_metric] > meta.get("best_test_score", checkpoint.NOT_BEST):
                         meta = meta | {"best_test_score": mon[task.select_metric], "best_test_epoch": epoch}
@@ -310,7 +320,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
             tb.close()
         return {"stopped_at": stopped_at}
 
-    summary = run.final_report(mngr, meta, state)
+    summary = run.final_report(mngr, meta, current_state(total_steps))
     mngr.close()
     if tb is not None:
         tb.close()

@@ -4,14 +4,16 @@ No host syncs and no Python branches on array values; randomness comes from fold
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from lgmsnet_jax import packing
 from lgmsnet_jax.training import metrics as metrics_lib
 from lgmsnet_jax.training.state import TrainState
 from lgmsnet_jax.training.tasks import Task
@@ -133,3 +135,53 @@ def jit_steps(graphdef: nnx.GraphDef, *, task: Task, tx: optax.GradientTransform
     eval_fn = jax.jit(evaluate, in_shardings=(state_sharding, batch_sharding),
                       out_shardings=(replicated, batch_sharding), **opts)
     return train_fn, eval_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedTrain:
+    """The train step over a packed TrainState (`packing.PackSpec`: one buffer per dtype), for the training loop.
+
+    Attributes:
+      step: jitted (packed, batch) -> (packed, metrics), the packed state donated.
+      pack: jitted TrainState -> packed (once, and after a resume).
+      unpack: jitted packed -> TrainState (for evaluation and checkpoints; the packed state stays valid).
+    """
+
+    step: Callable
+    pack: Callable
+    unpack: Callable
+
+
+def jit_packed_train(graphdef: nnx.GraphDef, state: TrainState, *, task: Task, tx: optax.GradientTransformation,
+                     schedule: optax.Schedule, grad_accum_steps: int = 1, state_sharding: Any = None,
+                     batch_sharding: Any = None, replicated: Any = None,
+                     compiler_options: dict | None = None) -> PackedTrain:
+    """`jit_steps`' train step, with the state passed as a few flat buffers instead of ~560 arrays.
+
+    Unpacked at trace time, so the step computes exactly what `train_step` computes; what changes is the host's
+    share: no Python flatten of `nnx.Variable` containers and a handful of call arguments per step (packing.py).
+
+    Args:
+      graphdef: static model graph (closed over).
+      state: a TrainState (or its `jax.eval_shape`) giving the packing's structure, shapes and dtypes.
+      task, tx, schedule, grad_accum_steps, state_sharding, batch_sharding, replicated, compiler_options: as in
+        `jit_steps`; `state_sharding` must be one sharding for the whole state (the loop replicates it).
+
+    Returns:
+      PackedTrain.
+    """
+    spec = packing.spec_of(state)
+    train = functools.partial(train_step, graphdef, task=task, tx=tx, schedule=schedule,
+                              grad_accum_steps=grad_accum_steps)
+
+    def packed_step(packed, batch):
+        new_state, metrics = train(spec.unpack(packed), batch)
+        return spec.pack(new_state), metrics
+
+    opts = {"compiler_options": compiler_options} if compiler_options else {}
+    if state_sharding is None:
+        return PackedTrain(jax.jit(packed_step, donate_argnums=0, **opts), jax.jit(spec.pack), jax.jit(spec.unpack))
+    return PackedTrain(
+        jax.jit(packed_step, donate_argnums=0, in_shardings=(state_sharding, batch_sharding),
+                out_shardings=(state_sharding, replicated), **opts),
+        jax.jit(spec.pack, out_shardings=state_sharding), jax.jit(spec.unpack, out_shardings=state_sharding))
