@@ -436,8 +436,8 @@ def format_table(report: dict[str, Any]) -> str:
                                              f"{v['bound']:g}, {v['row']})" for k, v in checked.items()))
     units = sorted({r["unit"] for r in report["results"]})
     lines.append(f"throughput in {' / '.join(units)} (2D / 3D); median of {report['settings']['steps']} timed calls "
-                 f"after {report['settings']['warmup']} warm-up calls; 'piped': steps dispatched one ahead, as train.py "
-                 f"runs them; 'train MiB' = XLA's estimate for the step")
+                 f"after {report['settings']['warmup']} warm-up calls; 'piped': steps dispatched one ahead, as "
+                 f"train.py runs them; 'train MiB' = XLA's estimate for the step")
     return "\n".join(lines)
 
 

@@ -47,6 +47,7 @@ def test_demo_trains_end_to_end_and_rerun_resumes_finished_run(tmp_path):
     records = writers.read_jsonl(wd / "metrics.jsonl")
     epoch_loss = [r["train/epoch_loss"] for r in records if "train/epoch_loss" in r]
     assert len(epoch_loss) == 3 and epoch_loss[-1] < epoch_loss[0], epoch_loss
+    assert all(r["time/epoch_steps_s"] > 0 for r in records if "train/epoch_loss" in r)
     assert [r["step"] for r in records if "val/iou" in r] == [2, 4, 6]
     assert json.loads((wd / "config.json").read_text())["dataset"] == "synthetic"
     steps = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
