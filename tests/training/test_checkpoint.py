@@ -6,6 +6,7 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from lgmsnet_jax.training import checkpoint, optim, state as state_lib
@@ -59,6 +60,57 @@ def test_train_state_round_trips_every_leaf(tmp_path, tiny_model):
         if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=path)
+    mngr.close()
+
+
+def _tiny_states(tiny_model):
+    tx = optim.build_optimizer("sgd", optim.build_schedule("constant", lr=0.1, steps_per_epoch=1, epochs=1))
+    _, saved = state_lib.create_train_state(tiny_model(seed=0), tx, seed=3)
+    _, template = state_lib.create_train_state(tiny_model(seed=1), tx, seed=4)
+    return saved, template
+
+
+def _assert_same_leaves(a_tree, b_tree):
+    for (path, a), (_, b) in zip(state_lib.leaf_paths(a_tree), state_lib.leaf_paths(b_tree)):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=path)
+
+
+def test_state_is_written_packed_with_its_layout(tmp_path, tiny_model):
+    saved, _ = _tiny_states(tiny_model)
+    mngr = checkpoint.make_manager(tmp_path)
+    checkpoint.save(mngr, 1, saved, data_iter=None, config_dict={}, meta={})
+    mngr.wait_until_finished()
+    items = {p.name for p in (tmp_path / checkpoint.CKPT_DIR / "1").iterdir() if p.is_dir()}
+    assert {checkpoint.PACKED_ITEM, checkpoint.LAYOUT_ITEM} <= items and checkpoint.TREE_ITEM not in items
+    table = json.loads((tmp_path / checkpoint.CKPT_DIR / "1" / checkpoint.LAYOUT_ITEM / "metadata").read_text())
+    assert [row[0] for row in table["leaves"]] == [p for p, _ in state_lib.leaf_paths(saved)]
+    mngr.close()
+
+
+def test_checkpoints_written_as_a_tree_still_restore(tmp_path, tiny_model):
+    # The format of runs saved before the packed state: the TrainState tree as one StandardSave item.
+    saved, template = _tiny_states(tiny_model)
+    mngr = checkpoint.make_manager(tmp_path)
+    mngr.save(3, args=ocp.args.Composite(**{checkpoint.TREE_ITEM: ocp.args.StandardSave(saved),
+                                            "config": ocp.args.JsonSave({}), "meta": ocp.args.JsonSave({"m": 1})}))
+    mngr.wait_until_finished()
+    restored, meta, _ = checkpoint.restore(mngr, 3, checkpoint.abstract_like(template))
+    assert meta == {"m": 1}
+    _assert_same_leaves(saved, restored)
+    mngr.close()
+
+
+def test_packed_checkpoint_refuses_a_different_state(tmp_path, tiny_model):
+    saved, _ = _tiny_states(tiny_model)
+    tx = optim.build_optimizer("sgd", optim.build_schedule("constant", lr=0.1, steps_per_epoch=1, epochs=1))
+    _, other = state_lib.create_train_state(tiny_model(seed=1, use_bn=False), tx, seed=4)
+    mngr = checkpoint.make_manager(tmp_path)
+    checkpoint.save(mngr, 2, saved, data_iter=None, config_dict={}, meta={})
+    mngr.wait_until_finished()
+    with pytest.raises(ValueError, match="holds a different train state.*another config"):
+        checkpoint.restore(mngr, 2, checkpoint.abstract_like(other))
     mngr.close()
 
 
