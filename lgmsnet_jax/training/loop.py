@@ -174,7 +174,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
                      state_sharding=repl, batch_sharding=data_sh, replicated=repl, compiler_options=compiler_options)
     _, eval_fn = step_lib.jit_steps(graphdef, **step_args)
     # The loop steps a packed state (a few buffers, not ~560 arrays: less host time per step, BENCHMARKS.md) and
-    # unpacks it into a TrainState only to evaluate or checkpoint; checkpoints hold the TrainState as before.
+    # unpacks it into a TrainState only to evaluate or checkpoint.
     packed_train = step_lib.jit_packed_train(graphdef, state, **step_args)
     ctx.graphdef, ctx.eval_fn, ctx.data_sharding = graphdef, eval_fn, data_sh
 
