@@ -230,7 +230,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, *, data
     items = {"meta": ocp.args.JsonRestore(), "config": ocp.args.JsonRestore()}
     if data_iter is not None:
         items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-    if not (pathlib.Path(mngr.directory) / str(step) / PACKED_ITEM).exists():  # written before packing
+    if not (mngr.directory / str(step) / PACKED_ITEM).exists():  # written before packing
         items[TREE_ITEM] = ocp.args.StandardRestore(abstract_state)
         r = mngr.restore(step, args=ocp.args.Composite(**items))
         return r[TREE_ITEM], dict(r["meta"]), dict(r["config"])
@@ -254,7 +254,7 @@ def _check_layout(mngr: ocp.CheckpointManager, step: int, abstract_state: Any) -
         return
     diff = next((f"saved {a} vs expected {b}" for a, b in zip(saved, want) if a != b),
                 f"{len(saved)} saved leaves vs {len(want)} expected")
-    raise ValueError(f"checkpoint {pathlib.Path(mngr.directory) / str(step)} holds a different train state than this "
+    raise ValueError(f"checkpoint {mngr.directory / str(step)} holds a different train state than this "
                      f"model and optimizer ({diff}); was it written by another config?")
 
 
