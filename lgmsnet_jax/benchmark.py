@@ -37,8 +37,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from lgmsnet_jax import xla_options
-from lgmsnet_jax import packing
+from lgmsnet_jax import packing, xla_options
 from lgmsnet_jax.models import count_params, gms, layers
 from lgmsnet_jax.models.lms import LMS_DEPTHWISE_IMPLS
 from lgmsnet_jax.training import builders, optim, state as state_lib, step as step_lib, tasks
