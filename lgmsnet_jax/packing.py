@@ -14,6 +14,7 @@ latency on an H200 from 3.5 ms to about 1.0 ms) and by the training loop's step 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -79,6 +80,13 @@ def spec_of(tree: Any) -> PackSpec:
         slots.append((name, sizes.get(name, 0), shape))
         sizes[name] = sizes.get(name, 0) + math.prod(shape)
     return PackSpec(treedef, tuple(slots))
+
+
+@functools.lru_cache(maxsize=16)
+def jitted(spec: PackSpec, sharding: Any = None) -> tuple[Any, Any]:
+    """Jitted (pack, unpack) of `spec`, one dispatch each instead of one per leaf; outputs on `sharding` if given."""
+    out = {"out_shardings": sharding} if sharding is not None else {}
+    return jax.jit(spec.pack, **out), jax.jit(spec.unpack, **out)
 
 
 def pack(tree: Any) -> tuple[dict[str, Any], PackSpec]:

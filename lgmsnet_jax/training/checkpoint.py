@@ -12,7 +12,6 @@ TrainState's 559 arrays a save cost ~0.1 s of blocking work and ~0.9 s in the ba
 from __future__ import annotations
 
 import difflib
-import functools
 import json
 import os
 import pathlib
@@ -196,17 +195,10 @@ def layout(tree: Any) -> list[list]:
     return [[path, [int(d) for d in np.shape(x)], str(x.dtype)] for path, x in leaf_paths(tree)]
 
 
-@functools.lru_cache(maxsize=16)
-def _packer(spec: packing.PackSpec, sharding: Any = None) -> tuple[Any, Any]:
-    """Jitted (pack, unpack) of one spec: one dispatch each instead of one per leaf."""
-    out = {"out_shardings": sharding} if sharding is not None else {}
-    return jax.jit(spec.pack), jax.jit(spec.unpack, **out)
-
-
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, data_iter: Any | None, config_dict: dict,
          meta: dict, metrics: dict | None = None) -> None:
     """Saves (asynchronously) state, Grain iterator state, config and run metadata at `step` (all processes)."""
-    pack, _ = _packer(packing.spec_of(state))
+    pack, _ = packing.jitted(packing.spec_of(state))
     items = {PACKED_ITEM: ocp.args.StandardSave(pack(state)),
              LAYOUT_ITEM: ocp.args.JsonSave({"leaves": layout(state)}),
              "config": ocp.args.JsonSave(config_json(config_dict)), "meta": ocp.args.JsonSave(meta)}
@@ -241,7 +233,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, *, data
                                    jax.eval_shape(spec.pack, abstract_state))
     items[PACKED_ITEM] = ocp.args.StandardRestore(abstract_packed)
     r = mngr.restore(step, args=ocp.args.Composite(**items))
-    _, unpack = _packer(spec, sharding)
+    _, unpack = packing.jitted(spec, sharding)
     return unpack(r[PACKED_ITEM]), dict(r["meta"]), dict(r["config"])
 
 

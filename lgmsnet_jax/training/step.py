@@ -179,9 +179,6 @@ def jit_packed_train(graphdef: nnx.GraphDef, state: TrainState, *, task: Task, t
         return spec.pack(new_state), metrics
 
     opts = {"compiler_options": compiler_options} if compiler_options else {}
-    if state_sharding is None:
-        return PackedTrain(jax.jit(packed_step, donate_argnums=0, **opts), jax.jit(spec.pack), jax.jit(spec.unpack))
-    return PackedTrain(
-        jax.jit(packed_step, donate_argnums=0, in_shardings=(state_sharding, batch_sharding),
-                out_shardings=(state_sharding, replicated), **opts),
-        jax.jit(spec.pack, out_shardings=state_sharding), jax.jit(spec.unpack, out_shardings=state_sharding))
+    if state_sharding is not None:
+        opts.update(in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, replicated))
+    return PackedTrain(jax.jit(packed_step, donate_argnums=0, **opts), *packing.jitted(spec, state_sharding))
