@@ -224,7 +224,8 @@ def test_train_py_trains_a_baseline_from_the_config_argument(tmp_path):
     saved = json.loads((wd / "config.json").read_text())
     assert saved["model_name"] == "tinyunet" and saved["model"] == {"dims": [16, 16, 16, 16]}
     assert sorted(_losses(wd)) == [1, 2, 3, 4, 5, 6]
-    assert "test" in proc.stdout
+    assert "test" in proc.stdout and "tinyunet on synthetic" in proc.stdout
+    assert json.loads((wd / "summary.json").read_text())["model"] == "tinyunet"
     bad = _train(["--config", "configs/demo.py:model=resnet", "--workdir", str(tmp_path / "bad")])
     assert bad.returncode != 0 and "model must be 'lgmsnet' or one of" in bad.stderr
 

@@ -461,7 +461,7 @@ class ImageRun(tasks.TaskRun):
         protocol = ("selected on validation, reported on test" if "test" in rows
                     else "selected and reported on validation (the reference protocol; no held-out test split)")
         summary = {"checkpoint": label, "protocol": protocol, "steps": int(jax.device_get(last_state.step)),
-                   "epochs": config.epochs, "dataset": config.dataset, "metrics": rows}
+                   "epochs": config.epochs, "dataset": config.dataset, "model": config.model_name, "metrics": rows}
         if "best_test_score" in meta:  # config.monitor_test: an optimistic bound, never the reported result
             summary["test_monitor"] = {
                 f"best_{task.select_metric}": meta["best_test_score"], "epoch": meta["best_test_epoch"],
@@ -470,7 +470,8 @@ class ImageRun(tasks.TaskRun):
         if jax.process_index() == 0:
             (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
             keys = task.report_metrics
-            lines = [f"LGMSNet on {config.dataset}: {label}; {protocol}",
+            model = "LGMSNet" if config.model_name == "lgmsnet" else config.model_name
+            lines = [f"{model} on {config.dataset}: {label}; {protocol}",
                      f"{'split':<6} {'n':>5} " + " ".join(f"{k.upper():>7}" for k in keys)]
             for name, vals in rows.items():
                 lines.append(f"{name:<6} {vals['count']:>5} " + " ".join(f"{vals[k]:>7.4f}" for k in keys))
