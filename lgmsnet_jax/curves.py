@@ -74,7 +74,9 @@ def _lower_is_better(metric: str) -> bool:
 
 
 def _is_percent(metric: str, scale_percent: bool) -> bool:
-    return scale_percent and metric.startswith("val/") and not _lower_is_better(metric) and "count" not in metric
+    # test/* (the Kvasir configs' per-epoch test monitoring) is scaled like val/* so that the two panels compare.
+    return (scale_percent and metric.startswith(("val/", "test/")) and not _lower_is_better(metric)
+            and "count" not in metric)
 
 
 def best_point(records: Sequence[dict], metric: str) -> tuple[float, float] | None:

@@ -88,6 +88,14 @@ def test_best_point_is_the_first_maximum_after_dedupe(run_a, run_b):
     assert curves.legend_text("h", hd, "val/hd95") == "h best 3.5 @ 2"
 
 
+def test_test_monitoring_panels_are_in_percent_like_validation_but_unmarked():
+    # test/* is monitoring only (selection is on validation): same scale as val/*, no "best" dot or legend.
+    assert curves._is_percent("test/iou", True) and curves._is_percent("val/iou", True)
+    assert not curves._is_percent("test/iou", False) and not curves._is_percent("train/epoch_loss", True)
+    recs = [{"step": 4, "epoch": 1, "test/iou": 0.5}, {"step": 8, "epoch": 2, "test/iou": 0.7}]
+    assert curves.best_point(recs, "test/iou") is None and curves.legend_text("a", recs, "test/iou") == "a"
+
+
 def test_plot_runs_draws_one_panel_per_metric_with_best_dots(run_a, run_b, tmp_path):
     runs = [("a", curves.load_run(run_a / "metrics.jsonl")), ("b", curves.load_run(run_b / "metrics.jsonl"))]
     out = tmp_path / "c.png"
