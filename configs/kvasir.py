@@ -19,8 +19,10 @@ best-on-validation checkpoint on test ("selected on validation, reported on test
 Expected result: the paper reports Kvasir IoU 88.14 / F1 93.04 (mean of 3 runs, DUCK-Net split); the split
 differs here. Ours (RESULTS.md, float32): seeds 41, 1 and 123, test IoU 83.40, 82.76 and 82.70 (mean 82.96),
 F1 89.50, 88.96 and 88.66, about 5 points below the paper; `:split=seeded`, seed 41: test IoU 81.37, so a random
-split did not close the gap. Runtime on one H200, float32: 14.5 min for 300 epochs alone on the GPU, compile
-included; 21.5 min when sharing the GPU with a BUSI run. bf16 with cuDNN attention was not faster at batch 8
+split did not close the gap. The baselines under this same recipe, seed 41 (`:model=cmunext`, `:model=unet`):
+test IoU 83.36 and 82.76 against the paper's 87.92 and 86.52, the same shortfall (RESULTS.md, session 12).
+Runtime on one H200, float32: 14.5 min for 300 epochs alone on the GPU, compile included; 21.5 min when sharing
+the GPU with a BUSI run. bf16 with cuDNN attention was not faster at batch 8
 (19 min 24 s, 3.1 s per epoch).
 """
 import ml_collections
