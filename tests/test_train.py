@@ -5,7 +5,9 @@ the narrow LGMSNet once per CI run.
 import json
 import os
 import pathlib
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from lgmsnet_jax.training import writers
+from lgmsnet_jax.training import stopping, writers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Runs train.py with the tiny test net registered (tests/training/tiny_net.py), exactly as `python train.py ...`.
@@ -256,3 +258,57 @@ def test_max_run_seconds_checkpoints_and_a_rerun_finishes(tmp_path):
     assert not (wd / "summary.json").exists()
     _ok(_train(args, tiny=True))
     assert sorted(_losses(wd)) == [1, 2, 3, 4] and (wd / "summary.json").exists()
+
+
+def _wait_for_loss_lines(workdir: pathlib.Path, procs, n: int = 1, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while len(_losses(workdir) if (workdir / "metrics.jsonl").exists() else {}) < n:
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "training did not start"
+        time.sleep(0.1)
+
+
+def test_sigterm_checkpoints_where_it_stops_and_the_rerun_resumes_there(tmp_path):
+    """A preempted job (SIGTERM) saves the step it reached and exits cleanly; the same command resumes from it."""
+    wd = tmp_path / "preempted"
+    args = [a if a != "--config.epochs=1" else "--config.epochs=500" for a in TINY_ARGS] + [
+        "--workdir", str(wd), "--config.checkpoint_every_epochs=1000"]
+    proc = subprocess.Popen([sys.executable, "-c", TINY_TRAIN] + args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_loss_lines(wd, [proc])
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    stop = re.search(r"SIGTERM received at step (\d+); checkpointing", err)
+    assert stop, err[-3000:]
+    step = int(stop.group(1))
+    assert str(step) in [p.name for p in (wd / "checkpoints").iterdir()] and not (wd / "summary.json").exists()
+    rerun = _ok(_train(args + ["--stop_after_steps=1"], tiny=True))
+    assert f"checkpoints step {step} " in rerun.stderr and max(_losses(wd)) == step + 1
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+    """Processes agree on the stop step (every stopping.SYNC_EVERY steps): a SIGTERM that reaches only one of two
+    processes still stops both at one step, with one checkpoint, and neither waits forever."""
+    wd = tmp_path / "mp_preempted"
+    args = [a if a != "--config.epochs=1" else "--config.epochs=500" for a in TINY_ARGS] + [
+        "--workdir", str(wd), "--num_cpu_devices=2", f"--coordinator_address=localhost:{_free_port()}",
+        "--num_processes=2", "--config.checkpoint_every_epochs=1000"]
+    procs = [subprocess.Popen([sys.executable, "-c", TINY_TRAIN] + args + [f"--process_id={i}"], cwd=ROOT, env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        _wait_for_loss_lines(wd, procs)
+        procs[1].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+    steps = [int(re.search(r"SIGTERM received at step (\d+)", err).group(1)) for _, err in outs]
+    assert steps[0] == steps[1] and steps[0] % stopping.SYNC_EVERY == 0
+    saved = sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[0] in saved and not (wd / "summary.json").exists()

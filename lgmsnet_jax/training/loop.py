@@ -20,7 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lgmsnet_jax import xla_options
 from lgmsnet_jax.models import layers
-from lgmsnet_jax.training import builders, checkpoint, metrics as metrics_lib, step as step_lib, tasks, writers
+from lgmsnet_jax.training import (builders, checkpoint, metrics as metrics_lib, step as step_lib, stopping, tasks,
+                                  writers)
 
 SUMMARY_FILE = "summary.json"
 PER_CASE_FILE = "val_per_case.json"  # 3D runs: per-case validation Dice/HD95 of the reported checkpoint
@@ -141,9 +142,9 @@ def _resume(mngr, latest: int, state, repl, run, resume_data: str, nproc: int):
 
 
 def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -> dict:
-    t_start = time.monotonic()
-    max_seconds = float(config.get("max_run_seconds", 0) or 0)
     pid, nproc = jax.process_index(), jax.process_count()
+    # The time budget counts from here: data loading and compiles are part of a time slice.
+    stops = stopping.StopRequests(config.get("max_run_seconds", 0), process_count=nproc)
     is_main = pid == 0
     if config.get("resume_data", "exact") not in RESUME_DATA:
         raise ValueError(f"config.resume_data must be one of {RESUME_DATA}, got {config.resume_data!r}")
@@ -248,14 +249,17 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
             on_step(step, host)
 
     stopped_at = None
+    stops.install()
     try:
         for step in range(start, total_steps):
             if stop_after_steps is not None and step - start >= stop_after_steps:
                 stopped_at = step
                 break
-            if max_seconds and step > start and time.monotonic() - t_start > max_seconds:
-                # Time-sliced jobs (a scheduler's wall-clock limit): checkpoint now, rerun to continue.
-                logging.info("config.max_run_seconds=%s reached at step %d; checkpointing", max_seconds, step)
+            # Time-sliced jobs (a scheduler's wall-clock limit) and SIGTERM (preemption): checkpoint now, rerun the
+            # same command to continue.
+            why = stops.reason(step, start)
+            if why is not None:
+                logging.warning("%s at step %d; checkpointing (rerun the same command to continue)", why, step)
                 stopped_at = step
                 break
             batch = next(train_iter)
@@ -314,6 +318,7 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
         final = stopped_at if stopped_at is not None else total_steps
         save(final)
     finally:
+        stops.restore()
         progress.close()
         mngr.wait_until_finished()
         train_iter.close() if hasattr(train_iter, "close") else None
