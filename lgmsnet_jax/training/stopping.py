@@ -75,11 +75,12 @@ class StopRequests:
           step: the step about to run (0-based count of steps done).
           start: the step this invocation started (or resumed) at.
         """
-        code = self._local(step, start)
+        code = local = self._local(step, start)
         if self.process_count > 1:
             if step % self.sync_every:
                 return None
-            code = int(np.max(multihost_utils.process_allgather(np.int32(code))))
-        if code == 1:
-            return f"config.max_run_seconds={self.max_seconds:g} reached"
-        return "SIGTERM received" if code == 2 else None
+            code = int(np.max(multihost_utils.process_allgather(np.int32(local))))
+        if code == 0:
+            return None
+        what = f"config.max_run_seconds={self.max_seconds:g} reached" if code == 1 else "SIGTERM received"
+        return what if code == local else f"{what} by another process"
