@@ -232,11 +232,12 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
         if not all(math.isfinite(host[k]) for k in ("loss", "grad_norm", "param_norm")):
             where = (f"the last good checkpoint is step {last_saved} in {mngr.directory}" if last_saved is not None
                      else "no checkpoint was saved yet")
+            low_precision = str(config.model.get("dtype", "float32")) not in ("float32", "fp32")
             raise NonFiniteLossError(
                 f"loss={host['loss']} grad_norm={host['grad_norm']} param_norm={host['param_norm']} at step {step} "
-                f"(epoch "
-                f"{(step - 1) // steps_per_epoch + 1}); stopping without saving this state; {where}. Lower "
-                f"config.optim.lr, check the data, or use float32 (config.model.dtype).")
+                f"(epoch {(step - 1) // steps_per_epoch + 1}); stopping without saving this state; {where}. Lower "
+                f"config.optim.lr or check the data"
+                + (f", or train in float32 (config.model.dtype={config.model.dtype!s})." if low_precision else "."))
         epoch_losses.append(host["loss"])
         epoch = (step - 1) // steps_per_epoch + 1
         progress.update(step, host["loss"], rate, epoch)
