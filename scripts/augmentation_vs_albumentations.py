@@ -54,8 +54,12 @@ def _albumentations():
     return aug
 
 
-def _ours():
+def _repo_on_path() -> None:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+
+def _ours():
+    _repo_on_path()
     from data_pipelines.transforms import augment_kvasir  # noqa: PLC0415
     return lambda k, img, m: augment_kvasir(img, m, np.random.default_rng([7, k]))
 
@@ -69,7 +73,7 @@ def main() -> None:
     a = p.parse_args()
     out = pathlib.Path(a.out)
     if a.step == "export":
-        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+        _repo_on_path()
         import data_pipelines as dp  # noqa: PLC0415
         src = dp.load_source("kvasir", a.data_dir, "train", seed=41)  # configs/kvasir.py's training split
         out.mkdir(parents=True, exist_ok=True)
