@@ -96,6 +96,11 @@ TINY_ARGS = ["--config", "configs/demo.py", "--config.model_name=tiny_test_net",
              "--config.epochs=1", "--config.log_every=1", "--config.fast_compile=False"]
 
 
+def _tiny_args(epochs: int) -> list[str]:
+    """TINY_ARGS for a run of `epochs` epochs (4 steps each)."""
+    return [a if a != "--config.epochs=1" else f"--config.epochs={epochs}" for a in TINY_ARGS]
+
+
 def test_eight_devices_give_the_same_losses_as_one(tmp_path):
     # Global batch 8: one row per device on 8 devices; BatchNorm statistics stay global over the batch.
     one = _ok(_train(TINY_ARGS + ["--workdir", str(tmp_path / "one"), "--num_cpu_devices=1"], tiny=True))
@@ -187,7 +192,7 @@ def test_kvasir_smoke_on_real_data(tmp_path, shared_dir):
 def test_dead_process_stops_the_run_and_rerun_resumes(tmp_path):
     """A process killed mid-run makes its peer stop (no hang); the same command then resumes from a checkpoint."""
     wd = tmp_path / "mpkill"
-    args = [a if a != "--config.epochs=1" else "--config.epochs=6" for a in TINY_ARGS]
+    args = _tiny_args(6)
 
     def launch(port):
         cmd = [sys.executable, "-c", TINY_TRAIN] + args + [
@@ -234,7 +239,7 @@ def test_train_py_trains_a_baseline_from_the_config_argument(tmp_path):
 
 def test_device_cached_validation_equals_streamed_validation(tmp_path):
     """Validation sets kept on the devices between epochs (eval_cache_gib) give the streamed pipeline's metrics."""
-    args = [a if a != "--config.epochs=1" else "--config.epochs=3" for a in TINY_ARGS] + ["--num_cpu_devices=2"]
+    args = _tiny_args(3) + ["--num_cpu_devices=2"]
     runs = {}
     for name, cache in (("cached", "4.0"), ("streamed", "0")):
         wd = tmp_path / name
@@ -270,7 +275,7 @@ def _wait_for_loss_lines(workdir: pathlib.Path, procs, n: int = 1, timeout: floa
 def test_sigterm_checkpoints_where_it_stops_and_the_rerun_resumes_there(tmp_path):
     """A preempted job (SIGTERM) saves the step it reached and exits cleanly; the same command resumes from it."""
     wd = tmp_path / "preempted"
-    args = [a if a != "--config.epochs=1" else "--config.epochs=500" for a in TINY_ARGS] + [
+    args = _tiny_args(500) + [
         "--workdir", str(wd), "--config.checkpoint_every_epochs=1000"]
     proc = subprocess.Popen([sys.executable, "-c", TINY_TRAIN] + args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -294,7 +299,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
     """Processes agree on the stop step (every stopping.SYNC_EVERY steps): a SIGTERM that reaches only one of two
     processes still stops both at one step, with one checkpoint, and neither waits forever."""
     wd = tmp_path / "mp_preempted"
-    args = [a if a != "--config.epochs=1" else "--config.epochs=500" for a in TINY_ARGS] + [
+    args = _tiny_args(500) + [
         "--workdir", str(wd), "--num_cpu_devices=2", f"--coordinator_address=localhost:{_free_port()}",
         "--num_processes=2", "--config.checkpoint_every_epochs=1000"]
     procs = [subprocess.Popen([sys.executable, "-c", TINY_TRAIN] + args + [f"--process_id={i}"], cwd=ROOT, env=_env(),
