@@ -7,6 +7,10 @@ Without --dataset the run's own dataset and split files are used (its validation
 with another --dataset the model is evaluated zero-shot (e.g. Kvasir-SEG -> CVC-ClinicDB, or `--dataset folder`
 for any images/ + masks/ folder). Metrics are the trainer's own per-image metrics (training/metrics.py, spec §7.1),
 reported as mean and std over images, with a per-image CSV. 3D runs (task seg_3d) report per-class Dice and HD95.
+
+Each mean comes with a 95 % confidence interval (percentile bootstrap over the images, fixed seed). It says how far
+another test set of the same size, drawn from the same population, could move the number: on Kvasir's 100 test
+images it is about +-3.5 IoU points, wider than the differences papers compare on.
 """
 
 from __future__ import annotations
@@ -78,12 +82,32 @@ def evaluate_source(model: nnx.Module, task: Any, src: Any, *, batch_size: int, 
     return metrics_lib.finalize_means(jax.device_get(sums)), rows
 
 
-def summarize_rows(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, dict[str, float]]:
-    """{metric: {"mean", "std"}} over per-image rows (population std, ddof 0; NaNs ignored)."""
+BOOTSTRAP_RESAMPLES = 4000
+
+
+def bootstrap_ci95(values: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> list[float]:
+    """95 % percentile-bootstrap interval of the mean of `values` (NaNs dropped; [nan, nan] if none are left)."""
+    v = np.asarray(values, np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, 2**22 // v.size)  # bounded memory for large sets
+    for i in range(0, resamples, chunk):
+        idx = rng.integers(0, v.size, size=(min(chunk, resamples - i), v.size))
+        means[i:i + len(idx)] = v[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def summarize_rows(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """{metric: {"mean", "std", "ci95"}} over per-image rows: population std (ddof 0) and the 95 % bootstrap
+    interval of the mean over images (`bootstrap_ci95`); NaNs ignored."""
     out = {}
     for k in keys:
         v = np.asarray([r[k] for r in rows], np.float64)
-        out[k] = {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v))}
+        out[k] = {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v)), "ci95": bootstrap_ci95(v)}
     return out
 
 
@@ -147,8 +171,10 @@ def evaluate_2d(loaded: loading.Loaded, args: argparse.Namespace) -> tuple[dict[
     means, rows = evaluate_source(loaded.model, task, src, batch_size=batch_size, image_size=cfg.image_size,
                                   normalize=cfg.normalize)
     keys = [k for k in rows[0] if k != "id"]
+    # The mean is the trainer's own (float32 sums, as validation reports it); spread and interval from the rows.
+    spread = summarize_rows(rows, keys)
     return {"dataset": dataset, "split": split, "count": means["count"],
-            "metrics": {k: {"mean": means[k], "std": summarize_rows(rows, [k])[k]["std"]} for k in keys},
+            "metrics": {k: spread[k] | {"mean": means[k]} for k in keys},
             "report_metrics": list(task.report_metrics)}, rows
 
 
@@ -191,17 +217,22 @@ def evaluate_3d(loaded: loading.Loaded, args: argparse.Namespace) -> tuple[dict[
     metrics = summarize_rows(rows, keys)
     for k in ("dice", "hd95", "dice_class_mean", "hd95_class_mean"):
         if k in summary:
-            metrics[k] = {"mean": summary[k], "std": float("nan")}
+            metrics[k] = {"mean": summary[k], "std": float("nan"), "ci95": [float("nan"), float("nan")]}
     return {"dataset": cfg.dataset, "split": split, "count": len(rows), "metrics": metrics,
             "report_metrics": ["dice", "hd95"]}, rows
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A few readable lines: what was evaluated and mean +- std of each reported metric."""
+    """A few readable lines: what was evaluated, mean +- std of each metric, and the reported metrics' 95 % CIs."""
     keys = report["report_metrics"] + [k for k in report["metrics"] if k not in report["report_metrics"]]
+    shown = [k for k in keys if k in report["metrics"] and "/" not in k]
     lines = [f"{report['model']} on {report['dataset']}/{report['split']}: {report['count']} images",
              "  ".join(f"{k.upper()} {report['metrics'][k]['mean']:.4f} +- {report['metrics'][k]['std']:.4f}"
-                       for k in keys if k in report["metrics"] and "/" not in k)]
+                       for k in shown)]
+    cis = [f"{k.upper()} [{lo:.4f}, {hi:.4f}]" for k in report["report_metrics"] if k in shown
+           for lo, hi in [report["metrics"][k].get("ci95", (np.nan, np.nan))] if not np.isnan(lo)]
+    if cis:
+        lines.append("95% CI of the mean (bootstrap over images): " + "  ".join(cis))
     lines.append(f"per-image metrics: {report['csv']}")
     return "\n".join(lines)
 

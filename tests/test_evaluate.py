@@ -111,6 +111,8 @@ def test_per_image_csv_holds_every_image_and_its_statistics(capsys, run_dir, tmp
         assert np.all((v >= 0) & (v <= 1))
         assert rep["metrics"][k]["mean"] == pytest.approx(v.mean(), abs=2e-6)
         assert rep["metrics"][k]["std"] == pytest.approx(v.std(), abs=2e-6)
+        lo, hi = rep["metrics"][k]["ci95"]
+        assert v.min() - 1e-9 <= lo <= rep["metrics"][k]["mean"] + 2e-6 and lo <= hi <= v.max() + 1e-9, k
     # Per image, F1 equals Dice up to the 1e-6 terms (spec §7.1).
     np.testing.assert_allclose([float(r["f1"]) for r in rows], [float(r["dice"]) for r in rows], atol=1e-4)
     assert json.loads(pathlib.Path(rep["json"]).read_text()) == rep
@@ -168,7 +170,8 @@ def test_readable_report_names_model_split_and_metrics(capsys, run_dir, tmp_path
     lines = capsys.readouterr().out.splitlines()
     step = re.fullmatch(rf"{re.escape(str(run_dir))} step (\d+) \(best\) on synthetic/val: 16 images", lines[0])
     assert step and re.match(r"IOU 0\.\d{4} \+- 0\.\d{4}  F1 ", lines[1])
-    assert lines[2].endswith(f"synthetic-val-step{step.group(1)}.csv")
+    assert re.match(r"95% CI of the mean \(bootstrap over images\): IOU \[0\.\d{4}, [01]\.\d{4}\]  F1 ", lines[2])
+    assert lines[3].endswith(f"synthetic-val-step{step.group(1)}.csv")
 
 
 def test_unknown_checkpoint_step_is_a_clear_error(capsys, run_dir):
@@ -213,3 +216,16 @@ def test_evaluate_3d_run_reproduces_its_validation_report(shared_dir, tmp_path, 
     out = nib.load(str(tmp_path / "pred" / "heart_labels.nii.gz"))
     assert out.shape == vol.shape and np.asarray(out.dataobj).max() < c.num_classes
     np.testing.assert_allclose(out.affine, affine)
+
+
+def test_bootstrap_interval_matches_the_normal_approximation_and_ignores_nans():
+    from lgmsnet_jax import evaluate
+
+    v = np.random.default_rng(3).normal(0.8, 0.2, size=400)
+    lo, hi = evaluate.bootstrap_ci95(np.concatenate([v, [np.nan] * 7]))
+    half = 1.96 * v.std(ddof=1) / np.sqrt(v.size)
+    assert lo < v.mean() < hi
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)
+    assert evaluate.bootstrap_ci95(v) == evaluate.bootstrap_ci95(v)  # fixed seed: the same interval every run
+    assert evaluate.bootstrap_ci95(np.full(9, 0.5)) == pytest.approx([0.5, 0.5])
+    assert np.isnan(evaluate.bootstrap_ci95(np.array([np.nan]))).all()
