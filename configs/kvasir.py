@@ -24,7 +24,7 @@ test IoU 83.36 and 82.76 against the paper's 87.92 and 86.52, the same shortfall
 A mean over 100 test images is itself uncertain: `evaluate` gives the shipped seed-41 checkpoint a 95 % interval
 of 79.7-86.8 (RESULTS.md, session 13).
 Runtime on one H200 alone, float32, compile included: 14.5 min for 300 epochs with the default depthwise path;
-10.6 min with `--config.model.depthwise_impl=fft` (same model up to float rounding). bf16
+10.6 min in two invocations with `--config.model.depthwise_impl=fft` (same model up to float rounding). bf16
 (`--config.model.dtype=bfloat16`) changed validation IoU by -0.59 on average over three seeds (s.e. 0.83).
 """
 import ml_collections
