@@ -6,6 +6,7 @@ stream can start at any step (`start_step`) or continue from a saved iterator st
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from data_pipelines import transforms
+from data_pipelines import transforms, workers
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,13 @@ class NormalizeBatch:
         return out
 
 
+def _starting_workers(settings: dict[str, Any]):
+    """Context for calls that may start Grain worker processes or the threads that start them: SIGTERM blocked in
+    this thread meanwhile, so they inherit it blocked (`workers` says why; a signal arriving then waits, pending,
+    for the end of the call, or reaches another thread). A no-op without workers."""
+    return workers.sigterm_blocked() if settings.get("worker_count") else contextlib.nullcontext()
+
+
 class CheckedIterDataset(grain.IterDataset):
     """Wraps a pipeline so its iterator's state records the pipeline settings and refuses a mismatched restore."""
 
@@ -120,7 +128,8 @@ class CheckedIterDataset(grain.IterDataset):
         return dict(self._settings)
 
     def __iter__(self) -> "CheckedIterator":
-        return CheckedIterator(self._parent.__iter__(), self._settings)
+        with _starting_workers(self._settings):
+            return CheckedIterator(self._parent.__iter__(), self._settings)
 
     def __str__(self) -> str:
         return f"CheckedIterDataset({self._settings})"
@@ -138,7 +147,9 @@ class CheckedIterator(grain.DatasetIterator):
         self._settings = settings
 
     def __next__(self):
-        return next(self._parent)
+        # Grain starts worker processes lazily, from threads it starts inside these calls, at any element.
+        with _starting_workers(self._settings):
+            return next(self._parent)
 
     def get_state(self) -> dict[str, Any]:
         return {"pipeline": dict(self._settings), "iterator": self._parent.get_state()}
@@ -153,7 +164,8 @@ class CheckedIterator(grain.DatasetIterator):
             lines = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
             raise ValueError(f"cannot restore the data iterator: pipeline settings differ ({lines}). Restart with the "
                              f"saved settings (worker and process counts included) to resume exactly.")
-        self._parent.set_state(state["iterator"])
+        with _starting_workers(self._settings):
+            self._parent.set_state(state["iterator"])
 
     def close(self) -> None:
         self._parent.close()
@@ -206,7 +218,8 @@ def train_dataset(src, *, seed: int, batch_size: int, image_size: Sequence[int] 
     if worker_count > 0:
         _mark_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                         per_worker_buffer_size=worker_buffer_size))
+                                                         per_worker_buffer_size=worker_buffer_size),
+                            worker_init_fn=workers.ignore_foreign_sigterm)
     settings = {"seed": int(seed), "batch_size": int(batch_size), "image_size": [int(s) for s in image_size],
                 "augment": augment, "normalize": normalize, "num_records": int(n), "shard_index": int(shard_index),
                 "shard_count": int(shard_count), "start_step": int(start_step), "worker_count": int(worker_count)}

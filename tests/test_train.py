@@ -295,6 +295,51 @@ def test_sigterm_checkpoints_where_it_stops_and_the_rerun_resumes_there(tmp_path
     assert f"checkpoints step {step} " in rerun.stderr and max(_losses(wd)) == step + 1
 
 
+def _session_pids(sid: int, cmdline_has: str = "") -> list[int]:
+    """Live (non-zombie) processes of session `sid` whose command line contains `cmdline_has`."""
+    pids = []
+    for d in pathlib.Path("/proc").iterdir():
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid and cmdline_has in cmdline:
+            pids.append(int(d.name))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; worker signal shielding is Linux's")
+def test_sigterm_to_the_whole_job_with_input_workers_still_checkpoints(tmp_path):
+    """Slurm's scancel and `kill -TERM -- -PGID` signal every process of the job, Grain's input workers included.
+    The workers must outlive the signal until the training process has checkpointed (they used to die with it, and
+    the batch the training process was waiting for raised "Worker process was terminated unexpectedly"), and none
+    may outlive the run. The signal goes out while the workers start, when the first batch is awaited."""
+    wd = tmp_path / "preempted_job"
+    args = _tiny_args(500) + ["--workdir", str(wd), "--config.checkpoint_every_epochs=1000",
+                              "--config.num_workers=2"]
+    proc = subprocess.Popen([sys.executable, "-c", TINY_TRAIN] + args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while len(_session_pids(proc.pid, "spawn_main")) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, "the input workers did not start"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    stop = re.search(r"SIGTERM received at step (\d+); checkpointing", err)
+    assert stop, err[-3000:]
+    assert stop.group(1) in [p.name for p in (wd / "checkpoints").iterdir()]
+    deadline = time.monotonic() + 15
+    while _session_pids(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _session_pids(proc.pid), "input workers outlived the run"
+
+
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
     """Processes agree on the stop step (every stopping.SYNC_EVERY steps): a SIGTERM that reaches only one of two
     processes still stops both at one step, with one checkpoint, and neither waits forever."""

@@ -320,10 +320,12 @@ class Seg3DRun(tasks.TaskRun):
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=int(config.get("read_threads", 2)),
                                                   prefetch_buffer_size=int(config.get("prefetch", 4))))
         if config.num_workers > 0:
+            from data_pipelines import workers  # noqa: PLC0415
             from data_pipelines.pipeline import _mark_flags_parsed  # google/grain#1360
             _mark_flags_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.num_workers),
-                                                             per_worker_buffer_size=2))
+                                                             per_worker_buffer_size=2),
+                                worker_init_fn=workers.ignore_foreign_sigterm)
         settings = {"seed": int(config.seed) + seed_offset, "volumes_per_batch": per_process_volumes,
                     "num_volumes": len(data.train_names),
                     "patch": {k: list(v) if isinstance(v, tuple) else v for k, v in dict(config.patch).items()},
