@@ -110,10 +110,10 @@ class NormalizeBatch:
 
 
 def _starting_workers(settings: dict[str, Any]):
-    """Context for calls that may start Grain worker processes or the threads that start them: SIGTERM blocked in
-    this thread meanwhile, so they inherit it blocked (`workers` says why; a signal arriving then waits, pending,
-    for the end of the call, or reaches another thread). A no-op without workers."""
-    return workers.sigterm_blocked() if settings.get("worker_count") else contextlib.nullcontext()
+    """Context for calls that may start Grain worker processes or the threads that start them: SIGTERM and SIGINT
+    blocked in this thread meanwhile, so they inherit them blocked (`workers` says why; a signal arriving then waits,
+    pending, for the end of the call, or reaches another thread). A no-op without workers."""
+    return workers.stop_signals_blocked() if settings.get("worker_count") else contextlib.nullcontext()
 
 
 class CheckedIterDataset(grain.IterDataset):
@@ -219,7 +219,7 @@ def train_dataset(src, *, seed: int, batch_size: int, image_size: Sequence[int] 
         _mark_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
                                                          per_worker_buffer_size=worker_buffer_size),
-                            worker_init_fn=workers.ignore_foreign_sigterm)
+                            worker_init_fn=workers.ignore_foreign_stop_signals)
     settings = {"seed": int(seed), "batch_size": int(batch_size), "image_size": [int(s) for s in image_size],
                 "augment": augment, "normalize": normalize, "num_records": int(n), "shard_index": int(shard_index),
                 "shard_count": int(shard_count), "start_step": int(start_step), "worker_count": int(worker_count)}

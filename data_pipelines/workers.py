@@ -1,20 +1,20 @@
-"""Grain worker processes that leave SIGTERM to the training process, and exit with it.
+"""Grain worker processes that leave SIGTERM and Ctrl-C to the training process, and exit with it.
 
-A scheduler's stop notice often reaches every process of a job: Slurm's `scancel` and time limit signal all of the
-job's processes, and `kill -TERM -- -PGID` a whole process group. The training process catches SIGTERM and
-checkpoints at the next step (`lgmsnet_jax/training/stopping.py`), but it needs its input workers to reach that step.
-Killed by the same signal, they made the next batch raise Grain's "Worker process was terminated unexpectedly" and the
-run died without its checkpoint.
+A stop request often reaches every process of a job: Slurm's `scancel` and time limit signal all of the job's
+processes, `kill -TERM -- -PGID` a whole process group, and Ctrl-C in a terminal sends SIGINT to its foreground
+process group. The training process catches both and checkpoints at the next step (`lgmsnet_jax/training/
+stopping.py`), but it needs its input workers to reach that step. Killed by the same signal, they made the next batch
+raise Grain's "Worker process was terminated unexpectedly" and the run died without its checkpoint.
 
 How: a worker starts with the signal mask of the thread that spawns it, so the pipelines start their workers inside
-`sigterm_blocked()`. SIGTERM then stays blocked in every thread of the worker, from its first instruction (a signal
-sent while it starts waits, pending) and in the threads its imports start. `ignore_foreign_sigterm`, Grain's
-`worker_init_fn`, waits for the signal in a thread that reads the sender: from the parent (multiprocessing's
-`terminate`, e.g. at interpreter exit) it ends the worker as before; from anyone else it is ignored. The same thread
-ends the worker once its parent is gone, so a worker never outlives a training process that was killed outright.
-Grain's own shutdown (an event, then SIGKILL) is unaffected. A worker started without the block keeps the default
-action, since a thread of it may receive the signal before anyone can read the sender. Needs `signal.sigtimedwait`
-(Linux); elsewhere workers keep the default behaviour.
+`stop_signals_blocked()`. SIGTERM and SIGINT then stay blocked in every thread of the worker, from its first
+instruction (a signal sent while it starts waits, pending) and in the threads its imports start.
+`ignore_foreign_stop_signals`, Grain's `worker_init_fn`, waits for them in a thread that reads the sender: a SIGTERM
+from the parent (multiprocessing's `terminate`, e.g. at interpreter exit) ends the worker as before; anything else is
+ignored. The same thread ends the worker once its parent is gone, so a worker never outlives a training process that
+was killed outright. Grain's own shutdown (an event, then SIGKILL) is unaffected. A worker started without the block
+keeps the default actions, since a thread of it may receive a signal before anyone can read the sender. Needs
+`signal.sigtimedwait` (Linux); elsewhere workers keep the default behaviour.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from multiprocessing import resource_tracker
 
 PARENT_POLL_S = 1.0
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def supported() -> bool:
@@ -35,34 +36,36 @@ def supported() -> bool:
 
 def _watch(parent: int) -> None:
     while True:
-        info = signal.sigtimedwait({signal.SIGTERM}, PARENT_POLL_S)
-        if os.getppid() != parent or (info is not None and info.si_pid == parent):
+        info = signal.sigtimedwait(STOP_SIGNALS, PARENT_POLL_S)
+        from_parent = info is not None and info.si_signo == signal.SIGTERM and info.si_pid == parent
+        if from_parent or os.getppid() != parent:
             os._exit(128 + signal.SIGTERM)  # what the default action would do; Grain has nothing to flush here
 
 
-def ignore_foreign_sigterm(worker_index: int = 0, worker_count: int = 1) -> None:
-    """Grain `worker_init_fn`: SIGTERM ends this worker only when its parent sends it, or once the parent is gone.
+def ignore_foreign_stop_signals(worker_index: int = 0, worker_count: int = 1) -> None:
+    """Grain `worker_init_fn`: only a SIGTERM from the parent ends this worker, or the parent's end.
 
     Args:
       worker_index, worker_count: passed by Grain; unused.
     """
     del worker_index, worker_count
-    if not supported() or signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, ()):
-        return  # not started inside sigterm_blocked(): some thread may take the signal with its default action
-    threading.Thread(target=_watch, args=(os.getppid(),), name="sigterm-watch", daemon=True).start()
+    if not supported() or not STOP_SIGNALS <= signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+        return  # not started inside stop_signals_blocked(): some thread may take a signal with its default action
+    threading.Thread(target=_watch, args=(os.getppid(),), name="stop-signal-watch", daemon=True).start()
 
 
 @contextlib.contextmanager
-def sigterm_blocked() -> Iterator[None]:
-    """SIGTERM blocked in the calling thread for the duration, so processes and threads started inside inherit it
-    blocked. The process still receives it afterwards (or in another thread): a blocked signal stays pending."""
+def stop_signals_blocked() -> Iterator[None]:
+    """SIGTERM and SIGINT blocked in the calling thread for the duration, so processes and threads started inside
+    inherit them blocked. The process still receives them afterwards (or in another thread): a blocked signal stays
+    pending."""
     if not supported():
         yield
         return
     # Spawned workers need multiprocessing's resource tracker, and the thread that first starts it ends with SIGINT
     # and SIGTERM unblocked (`ResourceTracker.ensure_running`), which would undo the block below in Grain's thread.
     resource_tracker.ensure_running()
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:

@@ -310,11 +310,13 @@ def _session_pids(sid: int, cmdline_has: str = "") -> list[int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; worker signal shielding is Linux's")
-def test_sigterm_to_the_whole_job_with_input_workers_still_checkpoints(tmp_path):
-    """Slurm's scancel and `kill -TERM -- -PGID` signal every process of the job, Grain's input workers included.
-    The workers must outlive the signal until the training process has checkpointed (they used to die with it, and
-    the batch the training process was waiting for raised "Worker process was terminated unexpectedly"), and none
-    may outlive the run. The signal goes out while the workers start, when the first batch is awaited."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_signal_to_the_whole_job_with_input_workers_still_checkpoints(tmp_path, sig):
+    """Slurm's scancel, `kill -TERM -- -PGID` and a terminal's Ctrl-C (SIGINT) signal every process of the job, Grain's
+    input workers included. The workers must outlive the signal until the training process has checkpointed (they
+    used to die with it, and the batch the training process was waiting for raised "Worker process was terminated
+    unexpectedly"), and none may outlive the run. The signal goes out while the workers start, when the first batch
+    is awaited."""
     wd = tmp_path / "preempted_job"
     args = _tiny_args(500) + ["--workdir", str(wd), "--config.checkpoint_every_epochs=1000",
                               "--config.num_workers=2"]
@@ -325,13 +327,13 @@ def test_sigterm_to_the_whole_job_with_input_workers_still_checkpoints(tmp_path)
         while len(_session_pids(proc.pid, "spawn_main")) < 2:
             assert time.monotonic() < deadline and proc.poll() is None, "the input workers did not start"
             time.sleep(0.01)
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-3000:]
-    stop = re.search(r"SIGTERM received at step (\d+); checkpointing", err)
+    stop = re.search(rf"{sig.name} received at step (\d+); checkpointing", err)
     assert stop, err[-3000:]
     assert stop.group(1) in [p.name for p in (wd / "checkpoints").iterdir()]
     deadline = time.monotonic() + 15

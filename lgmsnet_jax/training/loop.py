@@ -256,8 +256,8 @@ def _run(config, workdir: pathlib.Path, *, stop_after_steps, devices, on_step) -
             if stop_after_steps is not None and step - start >= stop_after_steps:
                 stopped_at = step
                 break
-            # Time-sliced jobs (a scheduler's wall-clock limit) and SIGTERM (preemption): checkpoint now, rerun the
-            # same command to continue.
+            # Time-sliced jobs (a scheduler's wall-clock limit), SIGTERM (preemption) and Ctrl-C: checkpoint now, rerun
+            # the same command to continue.
             why = stops.reason(step, start)
             if why is not None:
                 logging.warning("%s at step %d; checkpointing (rerun the same command to continue)", why, step)

@@ -325,7 +325,7 @@ class Seg3DRun(tasks.TaskRun):
             _mark_flags_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.num_workers),
                                                              per_worker_buffer_size=2),
-                                worker_init_fn=workers.ignore_foreign_sigterm)
+                                worker_init_fn=workers.ignore_foreign_stop_signals)
         settings = {"seed": int(config.seed) + seed_offset, "volumes_per_batch": per_process_volumes,
                     "num_volumes": len(data.train_names),
                     "patch": {k: list(v) if isinstance(v, tuple) else v for k, v in dict(config.patch).items()},

@@ -1,5 +1,6 @@
-"""Early stops with a checkpoint: the invocation's time budget (`config.max_run_seconds`) and SIGTERM (a scheduler's
-preemption or time-limit notice, `kill`, `docker stop`), decided at the same step on every process.
+"""Early stops with a checkpoint: the invocation's time budget (`config.max_run_seconds`), SIGTERM (a scheduler's
+preemption or time-limit notice, `kill`, `docker stop`) and a first Ctrl-C (SIGINT; a second one interrupts at once),
+decided at the same step on every process.
 
 A multi-process run must stop at one step everywhere: a process that saves while another runs a train step would
 wait in different collectives forever. So with several processes the stop is agreed every `sync_every` steps (one
@@ -18,8 +19,13 @@ from jax.experimental import multihost_utils
 SYNC_EVERY = 10  # steps between multi-process agreements (a SIGTERM grace period is tens of seconds)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Reason codes, agreed as a max over processes: 0 go on, 1 time budget, then one per stop signal.
+_CODES = {signal.SIGTERM: 2, signal.SIGINT: 3}
+
+
 class StopRequests:
-    """Holds the SIGTERM handler between `install()` and `restore()` (or inside a `with` block).
+    """Holds the SIGTERM and SIGINT handlers between `install()` and `restore()` (or inside a `with` block).
 
     Args:
       max_seconds: time budget of this invocation, counted from construction (0: none).
@@ -32,22 +38,21 @@ class StopRequests:
         self.max_seconds = float(max_seconds or 0.0)
         self.process_count = process_count
         self.sync_every = sync_every
-        self.signalled = False
-        self._previous = None
-        self._installed = False
+        self.signalled: signal.Signals | None = None  # the first stop signal received
+        self._previous: dict[signal.Signals, object] = {}
 
     def install(self) -> None:
-        """Catches SIGTERM from now on (only possible in the main thread; elsewhere only the time budget applies)."""
-        if not self._installed and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-            self._installed = True
+        """Catches the stop signals from now on (only possible in the main thread; elsewhere only the time budget
+        applies)."""
+        if not self._previous and threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
 
     def restore(self) -> None:
-        """Puts the previous SIGTERM handler back."""
-        if self._installed:
+        """Puts the previous handlers back."""
+        for sig, previous in self._previous.items():
             # None: the previous handler was not installed from Python; the default is the closest we can restore.
-            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
-            self._installed = False
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
 
     def __enter__(self) -> "StopRequests":
         self.install()
@@ -56,14 +61,19 @@ class StopRequests:
     def __exit__(self, *exc) -> None:
         self.restore()
 
-    def _on_sigterm(self, signum, frame) -> None:
-        del signum, frame
-        self.signalled = True
-        logging.warning("SIGTERM received: stopping at the next step boundary with a checkpoint")
+    def _on_signal(self, signum, frame) -> None:
+        del frame
+        sig = signal.Signals(signum)
+        if sig == signal.SIGINT and self.signalled == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait for the checkpoint
+        if self.signalled is None:
+            self.signalled = sig
+        logging.warning("%s received: stopping at the next step boundary with a checkpoint%s", sig.name,
+                        " (Ctrl-C again to stop at once without one)" if sig == signal.SIGINT else "")
 
     def _local(self, step: int, start: int) -> int:
-        if self.signalled:
-            return 2
+        if self.signalled is not None:
+            return _CODES[self.signalled]
         if self.max_seconds and step > start and time.monotonic() - self.t0 > self.max_seconds:
             return 1  # at least one step per invocation, so a too-small budget still makes progress
         return 0
@@ -82,5 +92,6 @@ class StopRequests:
             code = int(np.max(multihost_utils.process_allgather(np.int32(local))))
         if code == 0:
             return None
-        what = f"config.max_run_seconds={self.max_seconds:g} reached" if code == 1 else "SIGTERM received"
+        names = {c: f"{sig.name} received" for sig, c in _CODES.items()}
+        what = names.get(code, f"config.max_run_seconds={self.max_seconds:g} reached")
         return what if code == local else f"{what} by another process"

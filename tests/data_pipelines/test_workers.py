@@ -1,5 +1,5 @@
-"""Grain worker processes and SIGTERM (data_pipelines/workers.py): only the parent's SIGTERM ends a worker, and a
-worker ends with its parent."""
+"""Grain worker processes and stop signals (data_pipelines/workers.py): only the parent's SIGTERM ends a worker, and
+a worker ends with its parent."""
 import multiprocessing
 import os
 import signal
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not workers.supported(), reason="needs signal.si
 
 
 def _worker(ready):
-    workers.ignore_foreign_sigterm(0, 1)
+    workers.ignore_foreign_stop_signals(0, 1)
     ready.set()
     while True:
         time.sleep(0.05)
@@ -26,17 +26,21 @@ def _wait_dead(proc, timeout=10.0):
     return not proc.is_alive()
 
 
-def test_sigterm_from_another_process_is_ignored_and_the_parents_ends_the_worker():
+def test_stop_signals_from_others_are_ignored_and_the_parents_sigterm_ends_the_worker():
     ctx = multiprocessing.get_context("spawn")  # as Grain starts its workers
     ready = ctx.Event()
     proc = ctx.Process(target=_worker, args=(ready,), daemon=True)
-    with workers.sigterm_blocked():  # as the pipelines start their workers
+    with workers.stop_signals_blocked():  # as the pipelines start their workers
         proc.start()
     try:
         assert ready.wait(60)
-        # A scheduler or `kill -TERM -- -PGID` signals from outside the training process: ignored.
+        # A scheduler, `kill -TERM -- -PGID` or a terminal's Ctrl-C signal from outside the training process: ignored.
         subprocess.run(["kill", "-TERM", str(proc.pid)], check=True)
+        subprocess.run(["kill", "-INT", str(proc.pid)], check=True)
         time.sleep(1.0)
+        assert proc.is_alive()
+        os.kill(proc.pid, signal.SIGINT)  # the parent's SIGINT too: the parent handles Ctrl-C and stops its workers
+        time.sleep(0.5)
         assert proc.is_alive()
         # multiprocessing's terminate() (the parent's SIGTERM, e.g. at interpreter exit) still ends it.
         proc.terminate()
@@ -56,7 +60,7 @@ if __name__ == "__main__":
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
     p = ctx.Process(target=_worker, args=(ready,), daemon=True)
-    with workers.sigterm_blocked():
+    with workers.stop_signals_blocked():
         p.start()
     ready.wait(60)
     print(p.pid, flush=True)

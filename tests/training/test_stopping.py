@@ -1,6 +1,8 @@
-"""Early-stop requests: SIGTERM and the time budget, agreed at sync steps when there are several processes."""
+"""Early-stop requests: SIGTERM, Ctrl-C and the time budget, agreed at sync steps when there are several processes."""
 import os
 import signal
+
+import pytest
 
 from lgmsnet_jax.training import stopping
 
@@ -15,6 +17,18 @@ def test_sigterm_is_caught_inside_and_the_previous_handler_restored_after():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_first_ctrl_c_asks_for_a_checkpointed_stop_and_a_second_interrupts():
+    before = signal.getsignal(signal.SIGINT)
+    with stopping.StopRequests() as stops:
+        os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt here without the handler
+        assert stops.reason(4, 0) == "SIGINT received"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)  # a later SIGTERM does not change the reason
+        assert stops.reason(4, 0) == "SIGINT received"
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_time_budget_allows_one_step_then_stops():
     stops = stopping.StopRequests(1e-9)
     assert stops.reason(5, 5) is None  # at least one step per invocation
@@ -25,6 +39,6 @@ def test_time_budget_allows_one_step_then_stops():
 def test_several_processes_decide_only_at_sync_steps():
     # One real process standing in for several: the all-gather path runs, and nothing stops between sync steps.
     stops = stopping.StopRequests(process_count=2, sync_every=10)
-    stops.signalled = True
+    stops.signalled = signal.SIGTERM
     assert [stops.reason(s, 0) for s in (7, 9, 11)] == [None, None, None]
     assert stops.reason(10, 0) == "SIGTERM received"
