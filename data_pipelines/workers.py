@@ -19,6 +19,7 @@ keeps the default actions, since a thread of it may receive a signal before anyo
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -54,6 +55,14 @@ def ignore_foreign_stop_signals(worker_index: int = 0, worker_count: int = 1) ->
     threading.Thread(target=_watch, args=(os.getppid(),), name="stop-signal-watch", daemon=True).start()
 
 
+@functools.cache
+def _start_resource_tracker() -> None:
+    # Spawned workers need multiprocessing's resource tracker, and the thread that first starts it ends with SIGINT
+    # and SIGTERM unblocked (`ResourceTracker.ensure_running`), which would undo a block in Grain's thread. Once per
+    # process: each later call would probe the tracker with a write.
+    resource_tracker.ensure_running()
+
+
 @contextlib.contextmanager
 def stop_signals_blocked() -> Iterator[None]:
     """SIGTERM and SIGINT blocked in the calling thread for the duration, so processes and threads started inside
@@ -62,9 +71,7 @@ def stop_signals_blocked() -> Iterator[None]:
     if not supported():
         yield
         return
-    # Spawned workers need multiprocessing's resource tracker, and the thread that first starts it ends with SIGINT
-    # and SIGTERM unblocked (`ResourceTracker.ensure_running`), which would undo the block below in Grain's thread.
-    resource_tracker.ensure_running()
+    _start_resource_tracker()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
