@@ -22,6 +22,7 @@ SYNC_EVERY = 10  # steps between multi-process agreements (a SIGTERM grace perio
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Reason codes, agreed as a max over processes: 0 go on, 1 time budget, then one per stop signal.
 _CODES = {signal.SIGTERM: 2, signal.SIGINT: 3}
+_SIGNAL_REASONS = {code: f"{sig.name} received" for sig, code in _CODES.items()}
 
 
 class StopRequests:
@@ -92,6 +93,5 @@ class StopRequests:
             code = int(np.max(multihost_utils.process_allgather(np.int32(local))))
         if code == 0:
             return None
-        names = {c: f"{sig.name} received" for sig, c in _CODES.items()}
-        what = names.get(code, f"config.max_run_seconds={self.max_seconds:g} reached")
+        what = _SIGNAL_REASONS.get(code, f"config.max_run_seconds={self.max_seconds:g} reached")
         return what if code == local else f"{what} by another process"
